@@ -1,0 +1,256 @@
+"""The one module that talks to Redis for the queue itself.
+
+Every multi-step change of a task's place (retry, dead letter, promotion, idempotent publish)
+is a named Lua script in ``scripts/``, so it happens atomically. Pipelines that carry scripts
+hold only idempotent commands besides them: after a Redis restart the scripts are gone
+(NOSCRIPT), and such a pipeline is simply sent again once they are loaded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, ResponseError
+
+from .keyspace import Keyspace, StreamFamily
+from .status import StatusStore
+from .wire import Delivery, Fields, pack_fields
+
+__all__ = ["Broker", "StatusWrite", "connect"]
+
+_SCRIPTS = ("read_batch", "retry", "dead_letter", "promote_due", "publish_once")
+
+#: (task_id, state, extra fields) to write with the next round trip.
+StatusWrite = tuple[str, str, Mapping[str, str | int | None]]
+
+
+def connect(url: str, **options: Any) -> aioredis.Redis:
+    """An asyncio client (hiredis parser when installed); bytes in, bytes out."""
+    options.setdefault("health_check_interval", 15)
+    options.setdefault("socket_keepalive", True)
+    options.setdefault("retry_on_timeout", False)
+    return aioredis.Redis.from_url(url, decode_responses=False, **options)
+
+
+def _pairs(flat: Sequence[bytes] | Mapping[bytes, bytes] | None) -> Fields:
+    if not flat:
+        return {}
+    if isinstance(flat, Mapping):
+        return dict(flat)
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+class Broker:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keyspace,
+        group: str,
+        *,
+        status: StatusStore,
+        dead_letter_maxlen: int = 0,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.group = group
+        self.status = status
+        self.families: tuple[StreamFamily, ...] = keys.families
+        self._stream_index = {f.stream.encode(): i for i, f in enumerate(self.families)}
+        self._dead_letter_maxlen = dead_letter_maxlen
+        self._source = {
+            name: (resources.files(__package__) / "scripts" / f"{name}.lua").read_text()
+            for name in _SCRIPTS
+        }
+        self._sha: dict[str, str] = {}
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    async def load_scripts(self) -> None:
+        for name, source in self._source.items():
+            self._sha[name] = await self.redis.script_load(source)
+
+    async def ensure_groups(self) -> None:
+        """Create the consumer group on every stream (at id 0, so nothing is skipped)."""
+        for family in self.families:
+            try:
+                await self.redis.xgroup_create(family.stream, self.group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def _eval(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if name not in self._sha:
+            await self.load_scripts()
+        try:
+            return await self.redis.evalsha(self._sha[name], len(keys), *keys, *args)
+        except NoScriptError:
+            await self.load_scripts()
+            return await self.redis.evalsha(self._sha[name], len(keys), *keys, *args)
+
+    async def _run_pipeline(self, build: Callable[[Any], None]) -> list[Any]:
+        """Send a pipeline built by ``build``; resend once if Redis had lost the scripts."""
+        if not self._sha:
+            await self.load_scripts()
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=False)
+            build(pipe)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+            if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
+                await self.load_scripts()
+                continue
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+            return results
+        raise AssertionError("unreachable")
+
+    def _evalsha(self, pipe: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
+        pipe.evalsha(self._sha[name], len(keys), *keys, *args)
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def read(
+        self,
+        consumer: str,
+        total: int,
+        order: Sequence[int],
+        quotas: Sequence[int],
+        start_ids: Sequence[str],
+    ) -> list[Delivery]:
+        """Up to ``total`` entries across the families in ``order``, in one round trip."""
+        keys = [self.families[i].stream for i in order]
+        args: list[Any] = [self.group, consumer, total]
+        for quota, start in zip(quotas, start_ids, strict=True):
+            args.append(quota)
+            args.append(start)
+        flat = await self._eval("read_batch", keys, args)
+        now = time.time()
+        out = []
+        for j in range(0, len(flat), 3):
+            family_index = order[flat[j] - 1]
+            out.append(Delivery(family_index, flat[j + 1], _pairs(flat[j + 2]), now))
+        return out
+
+    async def wait_for_entries(self, consumer: str, block_ms: int) -> list[Delivery]:
+        """Block until any stream has a new entry (at most one per stream is returned)."""
+        streams = {f.stream: ">" for f in self.families}
+        reply = await self.redis.xreadgroup(self.group, consumer, streams, count=1, block=block_ms)
+        now = time.time()
+        out = []
+        for stream, entries in reply or ():
+            index = self._stream_index[stream]
+            for entry_id, fields in entries:
+                out.append(Delivery(index, entry_id, _pairs(fields), now))
+        return out
+
+    # -- settling -------------------------------------------------------------------------
+
+    async def settle(
+        self, acks: Mapping[int, Sequence[bytes]], writes: Iterable[StatusWrite] = ()
+    ) -> None:
+        """Acknowledge and delete finished entries, and write their statuses: one round trip.
+
+        XDEL right after XACK keeps memory bounded; it only ever removes acknowledged entries.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        for index, ids in acks.items():
+            if ids:
+                stream = self.families[index].stream
+                pipe.xack(stream, self.group, *ids)
+                pipe.xdel(stream, *ids)
+        for task_id, state, fields in writes:
+            self.status.write(pipe, task_id, state, **fields)
+        if len(pipe):
+            await pipe.execute()
+
+    async def retry(
+        self,
+        delivery: Delivery,
+        next_fields: Mapping[str | bytes, str | bytes],
+        due_ms: int,
+        write: StatusWrite | None,
+    ) -> bool:
+        """Ack the entry and park its next attempt until ``due_ms``, atomically."""
+        family = self.families[delivery.family_index]
+        member = pack_fields(dict(next_fields))  # type: ignore[arg-type]
+
+        def build(pipe: Any) -> None:
+            self._evalsha(
+                pipe,
+                "retry",
+                [family.stream, family.delayed],
+                [self.group, delivery.entry_id, due_ms, member],
+            )
+            if write is not None:
+                self.status.write(pipe, write[0], write[1], **write[2])
+
+        results = await self._run_pipeline(build)
+        return bool(results[0])
+
+    async def dead_letter(
+        self,
+        delivery: Delivery,
+        fields: Mapping[str | bytes, str | bytes],
+        write: StatusWrite | None,
+    ) -> bytes | None:
+        """Move the entry to the dead-letter stream and ack it, atomically."""
+        family = self.families[delivery.family_index]
+        flat: list[str | bytes] = []
+        for key, value in fields.items():
+            flat.append(key)
+            flat.append(value)
+
+        def build(pipe: Any) -> None:
+            self._evalsha(
+                pipe,
+                "dead_letter",
+                [family.stream, family.dead_letters],
+                [self.group, delivery.entry_id, self._dead_letter_maxlen, *flat],
+            )
+            if write is not None:
+                self.status.write(pipe, write[0], write[1], **write[2])
+
+        results = await self._run_pipeline(build)
+        return results[0] or None
+
+    async def ack_deleted(self, delivery: Delivery) -> None:
+        """A pending entry whose stream entry is gone: nothing to run, just acknowledge it."""
+        await self.redis.xack(
+            self.families[delivery.family_index].stream, self.group, delivery.entry_id
+        )
+
+    # -- delayed tasks --------------------------------------------------------------------
+
+    async def promote_due(self, now_ms: int, limit: int = 500) -> int:
+        """Move due delayed entries of every family to their streams; returns how many."""
+
+        def build(pipe: Any) -> None:
+            for family in self.families:
+                self._evalsha(pipe, "promote_due", [family.delayed, family.stream], [now_ms, limit])
+
+        results = await self._run_pipeline(build)
+        return sum(int(r) for r in results)
+
+    # -- publishing -----------------------------------------------------------------------
+
+    async def publish_once(
+        self,
+        family: StreamFamily,
+        idempotency_key: str,
+        task_id: str,
+        ttl_seconds: int,
+        due_ms: int,
+        member: bytes,
+    ) -> tuple[str, bool]:
+        reply = await self._eval(
+            "publish_once",
+            [self.keys.idempotency(idempotency_key), family.stream, family.delayed],
+            [task_id, ttl_seconds, due_ms, member],
+        )
+        existing, fresh = reply
+        return (existing.decode() if isinstance(existing, bytes) else str(existing)), bool(fresh)

@@ -1,0 +1,83 @@
+"""What a handler is given besides its payload."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+
+__all__ = ["Outbox", "TaskContext"]
+
+_task_log = logging.getLogger("streamworker.task")
+
+
+class Outbox:
+    """A bounded stream where notification handlers leave messages for delivery."""
+
+    __slots__ = ("_key", "_maxlen", "_redis")
+
+    def __init__(self, redis: aioredis.Redis, key: str, maxlen: int = 100_000) -> None:
+        self._redis = redis
+        self._key = key
+        self._maxlen = maxlen
+
+    async def put(self, **fields: str) -> str:
+        entry_id = await self._redis.xadd(
+            self._key, dict(fields), maxlen=self._maxlen, approximate=True
+        )
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+class TaskContext:
+    """Task id, attempt, priority, a logger carrying the task's ids, and the services."""
+
+    __slots__ = (
+        "_logger",
+        "attempt",
+        "correlation_id",
+        "max_retries",
+        "outbox",
+        "priority",
+        "task_id",
+        "task_type",
+    )
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        task_type: str,
+        attempt: int,
+        max_retries: int,
+        priority: str,
+        correlation_id: str | None,
+        outbox: Outbox,
+    ) -> None:
+        self.task_id = task_id
+        self.task_type = task_type
+        self.attempt = attempt  # 1 for the first run
+        self.max_retries = max_retries
+        self.priority = priority
+        self.correlation_id = correlation_id
+        self.outbox = outbox
+        self._logger: logging.LoggerAdapter[logging.Logger] | None = None
+
+    @property
+    def retry_count(self) -> int:
+        return self.attempt - 1
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger whose records carry task_id, task_type and retry_count (made on first use)."""
+        if self._logger is None:
+            extra: dict[str, Any] = {
+                "task_id": self.task_id,
+                "task_type": self.task_type,
+                "retry_count": self.retry_count,
+                "priority": self.priority,
+            }
+            if self.correlation_id:
+                extra["correlation_id"] = self.correlation_id
+            self._logger = logging.LoggerAdapter(_task_log, extra)
+        return self._logger

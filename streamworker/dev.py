@@ -1,0 +1,143 @@
+"""``streamworker dev``: everything in one process tree for a laptop.
+
+With REDIS_URL unset a private redis-server is started on a free port in a temporary
+directory and removed on exit. ``--demo`` publishes sample tasks of every type and shows
+their progress until they are done.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import anyio
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .embedded import EmbeddedRedis
+from .hooks import Outcome, TaskEnd
+from .producer import Producer, TaskSpec
+from .registry import default_registry
+from .settings import Settings
+from .stats import collect_stats
+from .wire import Rejected, Task
+from .worker import Worker
+
+console = Console(stderr=True)
+
+DEMO_TYPES = ("test_notification", "data_processing", "send_medication_reminder", "care_alert")
+
+
+def demo_payload(task_type: str, i: int) -> dict[str, Any]:
+    if task_type == "test_notification":
+        return {"message": "Test notification"}
+    if task_type == "data_processing":
+        return {"numbers": [random.uniform(0, 100) for _ in range(50)], "operation": "average"}
+    if task_type == "send_medication_reminder":
+        return {
+            "user_id": str(uuid.uuid4()),
+            "medication_name": "Lisinopril",
+            "dosage": "10mg",
+            "reminder_time": f"{i % 24:02d}:00",
+        }
+    return {"patient_ref": f"p-{i}", "alert": random.choice(["fall", "missed_checkin", "vitals"])}
+
+
+class _Tally:
+    """Counts finished runs by task type, for the progress display."""
+
+    def __init__(self) -> None:
+        self.done: Counter[str] = Counter()
+
+    def before(self, task: Task, started_at: float, enqueued_at: float) -> None:
+        return None
+
+    def after(self, task: Task, token: Any, end: TaskEnd) -> None:
+        if end.outcome in (Outcome.COMPLETED, Outcome.DEAD_LETTERED):
+            self.done[task.task_type] += 1
+
+    def rejected(self, rejected: Rejected, priority: str) -> None:
+        self.done[rejected.task_type or "?"] += 1
+
+
+async def run_dev(settings: Settings, demo: bool, demo_count: int, exit_after_demo: bool) -> None:
+    embedded: EmbeddedRedis | None = None
+    if not settings.redis_url:
+        embedded = await anyio.to_thread.run_sync(lambda: EmbeddedRedis().start())
+        settings = settings.with_overrides(redis_url=embedded.url)
+        console.print(f"[bold]streamworker dev[/]: private redis-server at {embedded.url}")
+    else:
+        console.print("[bold]streamworker dev[/]: using REDIS_URL")
+    tally = _Tally()
+    worker = Worker(settings, hooks=[tally])
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(worker.run)
+            console.print(
+                f"worker {settings.consumer} up: {worker.concurrency} handler slots, "
+                f"{len(default_registry)} task types; Ctrl+C to stop"
+            )
+            if demo:
+                await _demo(settings, tally, demo_count)
+                if exit_after_demo:
+                    worker.stop()
+                    return
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    console.print("stopping: letting in-flight tasks finish")
+                    worker.stop()
+                    break
+    finally:
+        if embedded is not None:
+            await anyio.to_thread.run_sync(embedded.close)
+
+
+async def _demo(settings: Settings, tally: _Tally, count: int) -> None:
+    producer = Producer.from_settings(
+        settings, contracts=default_registry.contracts, require_known_type=True
+    )
+    types = [t for t in DEMO_TYPES if t in default_registry]
+    priorities = {
+        "care_alert": "high",
+        "send_medication_reminder": "high",
+        "data_processing": "low",
+    }
+    started = time.perf_counter()
+    try:
+        specs = [
+            TaskSpec(task_type=t, payload=demo_payload(t, i), priority=priorities.get(t, "normal"))
+            for i in range(count)
+            for t in types
+        ]
+        random.shuffle(specs)
+        for i in range(0, len(specs), 500):
+            await producer.publish_many(specs[i : i + 500])
+        with Progress(
+            TextColumn("{task.description:<26}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            bars = {t: progress.add_task(t, total=count) for t in types}
+            while True:
+                for t, bar in bars.items():
+                    progress.update(bar, completed=tally.done[t])
+                if all(tally.done[t] >= count for t in types):
+                    break
+                await anyio.sleep(0.1)
+        elapsed = time.perf_counter() - started
+        total = count * len(types)
+        stats = await collect_stats(producer.redis, producer.keys, settings.group)
+        outbox = await producer.redis.xlen(producer.keys.notification_outbox)
+        console.print(
+            f"demo: {total} tasks published and handled in {elapsed:.2f}s "
+            f"({total / elapsed:,.0f} tasks/s); backlog {stats.backlog}, "
+            f"dead letters {stats.dead_letters}, notification outbox {outbox}"
+        )
+    finally:
+        await producer.aclose()

@@ -1,0 +1,103 @@
+"""Life-cycle hooks: where logging, metrics, tracing and audit plug into the task life cycle.
+
+A hook sees a task start and end; it never changes the outcome. The runner calls
+``before`` and ``after`` in the same asyncio task as the handler, so a hook may set context
+(e.g. make a span current) in ``before`` and restore it in ``after``. Hooks must be cheap and
+must not raise: an exception from a hook is logged and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import MutableMapping, Sequence
+from typing import Any, Protocol
+
+from .wire import Rejected, Task
+
+__all__ = ["Outcome", "ProducerHook", "TaskEnd", "TaskHook", "TaskHooks"]
+
+log = logging.getLogger("streamworker.hooks")
+
+
+class Outcome(enum.StrEnum):
+    COMPLETED = "completed"
+    RETRYING = "retrying"
+    DEAD_LETTERED = "dead_lettered"
+    DEFERRED = "deferred"  # not due yet (scheduled_for in the future): parked, not an attempt
+    CANCELLED = "cancelled"
+
+
+class TaskEnd:
+    """How one run of a task ended."""
+
+    __slots__ = ("dead_letter_reason", "duration", "error", "outcome", "retry_in")
+
+    def __init__(
+        self,
+        outcome: Outcome,
+        duration: float,
+        error: BaseException | None = None,
+        dead_letter_reason: str | None = None,
+        retry_in: float | None = None,
+    ) -> None:
+        self.outcome = outcome
+        self.duration = duration
+        self.error = error
+        self.dead_letter_reason = dead_letter_reason
+        self.retry_in = retry_in
+
+
+class TaskHook(Protocol):
+    def before(self, task: Task, started_at: float, enqueued_at: float) -> Any:
+        """Called just before the handler runs; the return value is passed to ``after``."""
+
+    def after(self, task: Task, token: Any, end: TaskEnd) -> None:
+        """Called once the outcome is settled in Redis."""
+
+    def rejected(self, rejected: Rejected, priority: str) -> None:
+        """Called when an entry is dead-lettered before any handler ran (bad input)."""
+
+
+class ProducerHook(Protocol):
+    def before_publish(self, task_type: str, stream: str, fields: MutableMapping[str, Any]) -> Any:
+        """May add fields (e.g. traceparent) to an entry about to be written."""
+
+    def after_publish(self, token: Any, task_id: str, error: BaseException | None) -> None: ...
+
+
+class TaskHooks:
+    """Calls every hook in order, isolating the task from a hook's failure."""
+
+    __slots__ = ("_hooks",)
+
+    def __init__(self, hooks: Sequence[TaskHook] = ()) -> None:
+        self._hooks = tuple(hooks)
+
+    def __bool__(self) -> bool:
+        return bool(self._hooks)
+
+    def before(self, task: Task, started_at: float, enqueued_at: float) -> list[Any]:
+        tokens = []
+        for hook in self._hooks:
+            try:
+                tokens.append(hook.before(task, started_at, enqueued_at))
+            except Exception:
+                log.exception("hook_failed", extra={"hook": type(hook).__name__})
+                tokens.append(None)
+        return tokens
+
+    def after(self, task: Task, tokens: list[Any], end: TaskEnd) -> None:
+        # Reverse order: the hook that set context first restores it last.
+        for hook, token in zip(reversed(self._hooks), reversed(tokens), strict=True):
+            try:
+                hook.after(task, token, end)
+            except Exception:
+                log.exception("hook_failed", extra={"hook": type(hook).__name__})
+
+    def rejected(self, rejected: Rejected, priority: str) -> None:
+        for hook in self._hooks:
+            try:
+                hook.rejected(rejected, priority)
+            except Exception:
+                log.exception("hook_failed", extra={"hook": type(hook).__name__})

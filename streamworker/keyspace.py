@@ -1,0 +1,74 @@
+"""Every Redis key name the service uses, built in one place (CONTRACT.md §1).
+
+A *family* is one priority stream and the keys that Lua scripts touch together with it
+(its delayed set and the dead-letter stream). Scripts only ever receive keys of a single
+family, so a later cluster layout can give each family a hash tag without touching callers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["PRIORITIES", "Keyspace", "StreamFamily", "priority_rank"]
+
+#: Highest first. The index is the rank used for strict ordering.
+PRIORITIES: tuple[str, ...] = ("critical", "high", "normal", "low")
+_RANK = {name: i for i, name in enumerate(PRIORITIES)}
+
+
+def priority_rank(priority: str) -> int:
+    """0 for critical … 3 for low; raises ValueError for an unknown priority."""
+    try:
+        return _RANK[priority]
+    except KeyError:
+        raise ValueError(
+            f"unknown priority {priority!r}; expected one of {', '.join(PRIORITIES)}"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFamily:
+    priority: str
+    stream: str
+    delayed: str
+    dead_letters: str
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self.priority]
+
+
+@dataclass(frozen=True, slots=True)
+class Keyspace:
+    prefix: str = ""
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def family(self, priority: str) -> StreamFamily:
+        priority_rank(priority)
+        stream = self._key(f"{priority}_priority_tasks")
+        return StreamFamily(
+            priority=priority,
+            stream=stream,
+            delayed=f"{stream}:delayed",
+            dead_letters=self.dead_letters,
+        )
+
+    @property
+    def families(self) -> tuple[StreamFamily, ...]:
+        return tuple(self.family(p) for p in PRIORITIES)
+
+    @property
+    def dead_letters(self) -> str:
+        return self._key("failed_tasks")
+
+    def status(self, task_id: str) -> str:
+        return self._key(f"task:{task_id}")
+
+    def idempotency(self, key: str) -> str:
+        return self._key(f"idempotency:{key}")
+
+    @property
+    def notification_outbox(self) -> str:
+        return self._key("notification_outbox")

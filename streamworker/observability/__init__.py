@@ -1,0 +1,1 @@
+"""Logs, metrics, traces and audit: hooks into the task life cycle."""

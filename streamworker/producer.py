@@ -1,0 +1,353 @@
+"""Publishing tasks: ``publish`` and a pipelined ``publish_many``, plus a sync wrapper.
+
+The entry written is wire format v1 (CONTRACT.md §2). When the task type's contract is known
+the payload is checked against it first, so a bad task is refused here, with the field named,
+instead of reaching a stream.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import anyio.from_thread
+import msgspec
+import redis.asyncio as aioredis
+
+from .broker import Broker, connect
+from .errors import InvalidTask
+from .hooks import ProducerHook
+from .keyspace import Keyspace, priority_rank
+from .settings import Settings
+from .status import StatusStore
+from .wire import format_time, pack_fields, parse_time
+
+__all__ = ["Producer", "SyncProducer", "TaskSpec"]
+
+_encoder = msgspec.json.Encoder()
+
+
+class TaskSpec(msgspec.Struct, kw_only=True):
+    """One task to publish; the keyword arguments of :meth:`Producer.publish` as a value."""
+
+    task_type: str
+    payload: Any
+    priority: str = "normal"
+    delay: float | None = None
+    scheduled_for: datetime | str | None = None
+    max_retries: int | None = None
+    timeout_seconds: float | None = None
+    idempotency_key: str | None = None
+    correlation_id: str | None = None
+    task_id: str | None = None
+
+
+class _Prepared:
+    __slots__ = ("due_ms", "family", "fields", "spec", "status_fields", "task_id")
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        task_id: str,
+        family: Any,
+        fields: dict[str, str | bytes],
+        due_ms: int,
+        status_fields: dict[str, str | int | None],
+    ) -> None:
+        self.spec = spec
+        self.task_id = task_id
+        self.family = family
+        self.fields = fields
+        self.due_ms = due_ms
+        self.status_fields = status_fields
+
+
+class Producer:
+    """Writes tasks to their priority stream (or the delayed set when they are not due yet)."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        keys: Keyspace | None = None,
+        contracts: Mapping[str, type[msgspec.Struct] | None] | None = None,
+        require_known_type: bool = False,
+        max_payload_bytes: int = 1048576,
+        idempotency_ttl_seconds: int = 86400,
+        status: StatusStore | None = None,
+        hooks: Sequence[ProducerHook] = (),
+    ) -> None:
+        self.redis = redis
+        self.keys = keys or Keyspace()
+        self._contracts = dict(contracts or {})
+        self._decoders = {
+            name: msgspec.json.Decoder(c) for name, c in self._contracts.items() if c is not None
+        }
+        self._require_known_type = require_known_type
+        self._max_payload_bytes = max_payload_bytes
+        self._idempotency_ttl = idempotency_ttl_seconds
+        self.status = status or StatusStore(self.keys, 172800)
+        self._broker = Broker(redis, self.keys, "-", status=self.status)
+        self._hooks = tuple(hooks)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        redis: aioredis.Redis | None = None,
+        contracts: Mapping[str, type[msgspec.Struct] | None] | None = None,
+        require_known_type: bool = False,
+        hooks: Sequence[ProducerHook] = (),
+    ) -> Producer:
+        keys = Keyspace(settings.prefix)
+        return cls(
+            redis or connect(settings.require_redis_url()),
+            keys=keys,
+            contracts=contracts,
+            require_known_type=require_known_type,
+            max_payload_bytes=settings.max_payload_bytes,
+            idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+            status=StatusStore(keys, settings.completed_ttl_seconds, enabled=settings.track_status),
+            hooks=hooks,
+        )
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    # -- public API -----------------------------------------------------------------------
+
+    async def publish(
+        self,
+        task_type: str,
+        payload: Any,
+        *,
+        priority: str = "normal",
+        delay: float | None = None,
+        scheduled_for: datetime | str | None = None,
+        max_retries: int | None = None,
+        timeout_seconds: float | None = None,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+        task_id: str | None = None,
+    ) -> str:
+        """Publish one task; return its id (the first task's id for a repeated idempotency key)."""
+        spec = TaskSpec(
+            task_type=task_type,
+            payload=payload,
+            priority=priority,
+            delay=delay,
+            scheduled_for=scheduled_for,
+            max_retries=max_retries,
+            timeout_seconds=timeout_seconds,
+            idempotency_key=idempotency_key,
+            correlation_id=correlation_id,
+            task_id=task_id,
+        )
+        return (await self.publish_many([spec]))[0]
+
+    async def publish_many(self, specs: Iterable[TaskSpec]) -> list[str]:
+        """Publish a batch in one pipelined round trip; returns the task ids in order.
+
+        Every task is checked before anything is written: one bad task refuses the batch.
+        """
+        now = time.time()
+        prepared = [self._prepare(spec, now) for spec in specs]
+        tokens = [self._before_publish(p) for p in prepared]
+        try:
+            ids = await self._write(prepared)
+        except BaseException as exc:
+            self._after_publish(tokens, prepared, exc)
+            raise
+        self._after_publish(tokens, prepared, None)
+        return ids
+
+    # -- internals ------------------------------------------------------------------------
+
+    def validate_payload(self, task_type: str, payload: Any) -> bytes:
+        """The payload as JSON bytes, checked against the contract of ``task_type`` if known."""
+        if self._require_known_type and task_type not in self._contracts:
+            raise InvalidTask(f"unknown task type {task_type!r}")
+        if isinstance(payload, bytes | str):
+            raw = payload.encode() if isinstance(payload, str) else payload
+        else:
+            try:
+                raw = _encoder.encode(payload)
+            except (TypeError, msgspec.EncodeError) as exc:
+                raise InvalidTask(f"payload is not JSON-serialisable: {exc}") from None
+        if len(raw) > self._max_payload_bytes:
+            raise InvalidTask(
+                f"payload is {len(raw)} bytes, over the {self._max_payload_bytes} byte limit"
+            )
+        decoder = self._decoders.get(task_type)
+        try:
+            if decoder is not None:
+                decoder.decode(raw)
+            elif not isinstance(msgspec.json.decode(raw), dict):
+                raise InvalidTask("payload must be a JSON object")
+        except msgspec.ValidationError as exc:
+            raise InvalidTask(f"payload does not match the {task_type} contract: {exc}") from None
+        except msgspec.DecodeError:
+            raise InvalidTask("payload is not valid JSON") from None
+        return raw
+
+    def _prepare(self, spec: TaskSpec, now: float) -> _Prepared:
+        if not spec.task_type or any(c.isspace() for c in spec.task_type):
+            raise InvalidTask("task_type must be a non-empty name without spaces")
+        try:
+            family = self.keys.family(spec.priority)
+            priority_rank(spec.priority)
+        except ValueError as exc:
+            raise InvalidTask(str(exc)) from None
+        payload = self.validate_payload(spec.task_type, spec.payload)
+        if spec.max_retries is not None and (
+            not isinstance(spec.max_retries, int) or spec.max_retries < 0
+        ):
+            raise InvalidTask("max_retries must be an integer >= 0")
+        if spec.timeout_seconds is not None and not spec.timeout_seconds > 0:
+            raise InvalidTask("timeout_seconds must be a number > 0")
+        due = self._due(spec, now)
+        task_id = spec.task_id or str(uuid.uuid4())
+        created_at = format_time(now)
+        fields: dict[str, str | bytes] = {
+            "task_id": task_id,
+            "task_type": spec.task_type,
+            "payload": payload,
+            "priority": spec.priority,
+            "created_at": created_at,
+            "retry_count": "0",
+        }
+        scheduled = format_time(due) if due is not None else None
+        if scheduled is not None:
+            fields["scheduled_for"] = scheduled
+        if spec.max_retries is not None:
+            fields["max_retries"] = str(spec.max_retries)
+        if spec.timeout_seconds is not None:
+            fields["timeout_seconds"] = repr(float(spec.timeout_seconds))
+        if spec.idempotency_key:
+            fields["idempotency_key"] = spec.idempotency_key
+        if spec.correlation_id:
+            fields["correlation_id"] = spec.correlation_id
+        parked = due is not None and due > now
+        status_fields: dict[str, str | int | None] = {
+            "task_type": spec.task_type,
+            "priority": spec.priority,
+            "created_at": created_at,
+            "scheduled_for": scheduled,
+            "retry_count": 0,
+            "state": "scheduled" if parked else "queued",
+        }
+        return _Prepared(
+            spec, task_id, family, fields, int(due * 1000) if parked and due else 0, status_fields
+        )
+
+    @staticmethod
+    def _due(spec: TaskSpec, now: float) -> float | None:
+        if spec.delay is not None and spec.scheduled_for is not None:
+            raise InvalidTask("give either delay or scheduled_for, not both")
+        if spec.delay is not None:
+            if not spec.delay >= 0:
+                raise InvalidTask("delay must be a number of seconds >= 0")
+            return now + spec.delay if spec.delay > 0 else None
+        if spec.scheduled_for is None:
+            return None
+        if isinstance(spec.scheduled_for, datetime):
+            if spec.scheduled_for.tzinfo is None:
+                raise InvalidTask("scheduled_for has no time zone")
+            return spec.scheduled_for.timestamp()
+        try:
+            return parse_time(spec.scheduled_for)
+        except ValueError as exc:
+            raise InvalidTask(f"scheduled_for {exc}") from None
+
+    async def _write(self, prepared: list[_Prepared]) -> list[str]:
+        ids = [p.task_id for p in prepared]
+        plain = [p for p in prepared if not p.spec.idempotency_key]
+        if plain:
+            pipe = self.redis.pipeline(transaction=False)
+            for p in plain:
+                if p.due_ms:
+                    pipe.zadd(p.family.delayed, {pack_fields(p.fields): p.due_ms})
+                else:
+                    pipe.xadd(p.family.stream, p.fields)
+                self._write_status(pipe, p)
+            await pipe.execute()
+        for i, p in enumerate(prepared):
+            if not p.spec.idempotency_key:
+                continue
+            task_id, fresh = await self._broker.publish_once(
+                p.family,
+                p.spec.idempotency_key,
+                p.task_id,
+                self._idempotency_ttl,
+                p.due_ms,
+                pack_fields(p.fields),
+            )
+            ids[i] = task_id
+            if fresh and self.status.enabled:
+                pipe = self.redis.pipeline(transaction=False)
+                self._write_status(pipe, p)
+                await pipe.execute()
+        return ids
+
+    def _write_status(self, pipe: Any, p: _Prepared) -> None:
+        fields = dict(p.status_fields)
+        state = str(fields.pop("state"))
+        self.status.write(pipe, p.task_id, state, **fields)
+
+    def _before_publish(self, p: _Prepared) -> list[Any]:
+        return [
+            hook.before_publish(p.spec.task_type, p.family.stream, p.fields) for hook in self._hooks
+        ]
+
+    def _after_publish(
+        self, tokens: list[list[Any]], prepared: list[_Prepared], error: BaseException | None
+    ) -> None:
+        for per_task, p in zip(tokens, prepared, strict=True):
+            for hook, token in zip(self._hooks, per_task, strict=True):
+                hook.after_publish(token, p.task_id, error)
+
+
+class SyncProducer(AbstractContextManager["SyncProducer"]):
+    """Blocking wrapper for scripts: ``with SyncProducer(settings) as p: p.publish(...)``."""
+
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        self._settings = settings
+        self._options = options
+        self._portal_cm = anyio.from_thread.start_blocking_portal()
+        self._portal = self._portal_cm.__enter__()
+        self._producer: Producer = self._portal.call(self._make)
+
+    async def _make(self) -> Producer:
+        return Producer.from_settings(self._settings, **self._options)
+
+    def publish(self, task_type: str, payload: Any, **options: Any) -> str:
+        async def call() -> str:
+            return await self._producer.publish(task_type, payload, **options)
+
+        return self._portal.call(call)
+
+    def publish_many(self, specs: Iterable[TaskSpec]) -> list[str]:
+        items = list(specs)
+
+        async def call() -> list[str]:
+            return await self._producer.publish_many(items)
+
+        return self._portal.call(call)
+
+    def close(self) -> None:
+        self._portal.call(self._producer.aclose)
+        self._portal_cm.__exit__(None, None, None)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,126 @@
+"""``@handler`` and the registry that maps a task type to its handler and contract."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+
+if TYPE_CHECKING:
+    from .context import TaskContext
+
+__all__ = ["HandlerSpec", "Registry", "default_registry", "handler", "load_handler_modules"]
+
+HandlerFn = Callable[[Any, "TaskContext"], Awaitable[Any]]
+F = TypeVar("F", bound=HandlerFn)
+
+_json_any = msgspec.json.Decoder()
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSpec:
+    task_type: str
+    fn: HandlerFn
+    contract: type[msgspec.Struct] | None
+    max_retries: int | None
+    timeout_seconds: float | None
+    decoder: msgspec.json.Decoder[Any]
+
+    def decode(self, payload: bytes) -> Any:
+        """Payload JSON -> contract instance (or dict when there is no contract).
+
+        Raises msgspec.ValidationError for a contract violation and msgspec.DecodeError for
+        JSON that is not a JSON object.
+        """
+        return self.decoder.decode(payload)
+
+
+class Registry:
+    """Task type -> handler. The worker, the producer and the API all look types up here."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, HandlerSpec] = {}
+
+    def handler(
+        self,
+        task_type: str,
+        *,
+        contract: type[msgspec.Struct] | None = None,
+        max_retries: int | None = None,
+        timeout_seconds: float | None = None,
+    ) -> Callable[[F], F]:
+        if not task_type or any(c.isspace() for c in task_type):
+            raise ValueError(f"invalid task type name {task_type!r}")
+        if max_retries is not None and max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        if timeout_seconds is not None and timeout_seconds <= 0:
+            raise ValueError("timeout_seconds must be > 0")
+
+        def register(fn: F) -> F:
+            existing = self._specs.get(task_type)
+            if existing is not None and existing.fn is not fn:
+                raise ValueError(f"task type {task_type!r} already has a handler")
+            decoder: msgspec.json.Decoder[Any] = (
+                msgspec.json.Decoder(contract) if contract else msgspec.json.Decoder(dict[str, Any])
+            )
+            self._specs[task_type] = HandlerSpec(
+                task_type, fn, contract, max_retries, timeout_seconds, decoder
+            )
+            return fn
+
+        return register
+
+    def get(self, task_type: str) -> HandlerSpec | None:
+        return self._specs.get(task_type)
+
+    def __contains__(self, task_type: object) -> bool:
+        return task_type in self._specs
+
+    def __iter__(self) -> Iterator[HandlerSpec]:
+        return iter(sorted(self._specs.values(), key=lambda s: s.task_type))
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    @property
+    def contracts(self) -> Mapping[str, type[msgspec.Struct] | None]:
+        return {name: spec.contract for name, spec in self._specs.items()}
+
+
+#: The registry ``@handler`` writes to; the worker uses it unless given another.
+default_registry = Registry()
+
+
+def handler(
+    task_type: str,
+    *,
+    contract: type[msgspec.Struct] | None = None,
+    max_retries: int | None = None,
+    timeout_seconds: float | None = None,
+) -> Callable[[F], F]:
+    """Register an async ``fn(payload, ctx)`` as the handler of ``task_type``.
+
+    ``payload`` is an instance of ``contract`` (a msgspec Struct), or a dict without one.
+    """
+    return default_registry.handler(
+        task_type, contract=contract, max_retries=max_retries, timeout_seconds=timeout_seconds
+    )
+
+
+def load_handler_modules(modules: tuple[str, ...]) -> None:
+    """Import the modules whose ``@handler`` decorators fill the default registry."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ImportError(f"cannot import handler module {name!r}: {exc}") from exc
+
+
+def is_json_object(payload: bytes) -> bool:
+    try:
+        return isinstance(_json_any.decode(payload), dict)
+    except msgspec.DecodeError:
+        return False

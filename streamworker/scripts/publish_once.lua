@@ -1,0 +1,16 @@
+-- publish_once: publish unless the idempotency key was already used; the check and the write
+-- are one step, so two racing publishers with the same key enqueue once.
+-- KEYS:  idempotency key, stream, delayed set
+-- ARGV:  task id, key ttl (s), due time (ms, 0 = now), packed fields
+-- Returns {task id, 1 if published now | 0 if it was a repeat}.
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  return {existing, 0}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+if tonumber(ARGV[3]) > 0 then
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+else
+  redis.call('XADD', KEYS[2], '*', unpack(cmsgpack.unpack(ARGV[4])))
+end
+return {ARGV[1], 1}

@@ -1,0 +1,239 @@
+"""Environment -> one frozen, validated Settings object (CONTRACT.md §8).
+
+Configuration is read once, at the edge (the CLI), and passed down. Nothing else in the
+package reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from .keyspace import PRIORITIES
+
+__all__ = ["ConfigError", "Settings"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        self.variable = variable
+        super().__init__(f"configuration error: {variable} {problem}")
+
+
+def _default_consumer() -> str:
+    # Host name plus the pid: stable for the life of the process, distinct between the
+    # processes of one host. In Kubernetes set STREAMWORKER_CONSUMER from the pod name.
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    redis_url: str | None = None
+    port: int = 8086
+    worker_count: int = 5
+    max_retries: int = 3
+    notification_enabled: bool = True
+    notification_api_key: str | None = field(default=None, repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)
+    api_tokens: tuple[str, ...] = field(default=(), repr=False)
+    prefix: str = ""
+    group: str = "streamworker"
+    consumer: str = field(default_factory=_default_consumer)
+    visibility_timeout_seconds: float = 60.0
+    max_deliveries: int = 5
+    task_timeout_seconds: float = 30.0
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    retry_jitter: Literal["full", "equal"] = "full"
+    shutdown_grace_seconds: float = 25.0
+    completed_ttl_seconds: int = 172800
+    max_payload_bytes: int = 1048576
+    metrics_port: int | None = None
+    log_level: str = "info"
+    # Beyond the contract's list: documented in the README.
+    priority_mode: Literal["strict", "weighted"] = "strict"
+    priority_weights: tuple[int, ...] = (8, 4, 2, 1)
+    handler_modules: tuple[str, ...] = ("handlers",)
+    promote_interval_seconds: float = 0.25
+    read_block_ms: int = 1000
+    idempotency_ttl_seconds: int = 86400
+    track_status: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read and check every variable; raise ConfigError naming the first bad one."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for var in _VARIABLES:
+            raw = env.get(var.name)
+            if raw is None or (raw.strip() == "" and var.name != "STREAMWORKER_PREFIX"):
+                continue
+            try:
+                values[var.field] = var.parse(
+                    raw.strip() if var.name != "STREAMWORKER_PREFIX" else raw
+                )
+            except ValueError as exc:
+                raise ConfigError(var.name, f"{exc} (got {raw!r})") from None
+        values.update(overrides)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.retry_max_seconds < self.retry_base_seconds:
+            raise ConfigError("RETRY_MAX_SECONDS", "must be at least RETRY_BASE_SECONDS")
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ConfigError(
+                "REDIS_URL", "must start with redis://, rediss:// or unix:// (got a bare address)"
+            )
+        if any(c.isspace() for c in self.consumer) or not self.consumer:
+            raise ConfigError("STREAMWORKER_CONSUMER", "must be a non-empty name without spaces")
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        new = replace(self, **changes)
+        new.check()
+        return new
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise ConfigError("REDIS_URL", "is required (e.g. redis://localhost:6379/0)")
+        return self.redis_url
+
+
+# -- parsers ------------------------------------------------------------------------------
+
+
+def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("must be an integer") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise ValueError(f"must be an integer {bound}")
+        return value
+
+    return parse
+
+
+def _number(*, positive: bool = True, allow_zero: bool = False) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError("must be a number") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            raise ValueError("must be a number > 0" if not allow_zero else "must be a number >= 0")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.lower() not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return raw.lower()
+
+    return parse
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _name(raw: str) -> str:
+    if not raw or any(c.isspace() for c in raw):
+        raise ValueError("must be a non-empty name without spaces")
+    return raw
+
+
+def _prefix(raw: str) -> str:
+    if any(c.isspace() for c in raw):
+        raise ValueError("must not contain spaces")
+    return raw
+
+
+def _weights(raw: str) -> tuple[int, ...]:
+    """``critical=8,high=4,normal=2,low=1`` (every priority, each weight >= 1)."""
+    given: dict[str, int] = {}
+    for part in _csv(raw):
+        name, sep, value = part.partition("=")
+        if not sep or name.strip() not in PRIORITIES:
+            raise ValueError("must look like critical=8,high=4,normal=2,low=1")
+        try:
+            weight = int(value)
+        except ValueError:
+            raise ValueError("weights must be integers >= 1") from None
+        if weight < 1:
+            raise ValueError("weights must be integers >= 1")
+        given[name.strip()] = weight
+    if set(given) != set(PRIORITIES):
+        raise ValueError("must give a weight for each of " + ", ".join(PRIORITIES))
+    return tuple(given[p] for p in PRIORITIES)
+
+
+def _port(raw: str) -> int:
+    return _int(1, 65535)(raw)
+
+
+def _url(raw: str) -> str:
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class _Var:
+    name: str
+    field: str
+    parse: Callable[[str], Any]
+
+
+_VARIABLES: tuple[_Var, ...] = (
+    _Var("REDIS_URL", "redis_url", _url),
+    _Var("PORT", "port", _port),
+    _Var("WORKER_COUNT", "worker_count", _int(1, 10000)),
+    _Var("MAX_RETRIES", "max_retries", _int(0, 1000)),
+    _Var("NOTIFICATION_ENABLED", "notification_enabled", _bool),
+    _Var("NOTIFICATION_API_KEY", "notification_api_key", str),
+    _Var("WEBHOOK_SECRET", "webhook_secret", str),
+    _Var("API_TOKENS", "api_tokens", _csv),
+    _Var("STREAMWORKER_PREFIX", "prefix", _prefix),
+    _Var("STREAMWORKER_GROUP", "group", _name),
+    _Var("STREAMWORKER_CONSUMER", "consumer", _name),
+    _Var("VISIBILITY_TIMEOUT_SECONDS", "visibility_timeout_seconds", _number()),
+    _Var("MAX_DELIVERIES", "max_deliveries", _int(1)),
+    _Var("TASK_TIMEOUT_SECONDS", "task_timeout_seconds", _number()),
+    _Var("RETRY_BASE_SECONDS", "retry_base_seconds", _number()),
+    _Var("RETRY_MAX_SECONDS", "retry_max_seconds", _number()),
+    _Var("RETRY_JITTER", "retry_jitter", _choice("full", "equal")),
+    _Var("SHUTDOWN_GRACE_SECONDS", "shutdown_grace_seconds", _number(allow_zero=True)),
+    _Var("COMPLETED_TTL_SECONDS", "completed_ttl_seconds", _int(1)),
+    _Var("MAX_PAYLOAD_BYTES", "max_payload_bytes", _int(1)),
+    _Var("METRICS_PORT", "metrics_port", _port),
+    _Var("LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error", "critical")),
+    _Var("PRIORITY_MODE", "priority_mode", _choice("strict", "weighted")),
+    _Var("PRIORITY_WEIGHTS", "priority_weights", _weights),
+    _Var("STREAMWORKER_HANDLERS", "handler_modules", _csv),
+    _Var("PROMOTE_INTERVAL_SECONDS", "promote_interval_seconds", _number()),
+    _Var("READ_BLOCK_MS", "read_block_ms", _int(1, 60000)),
+    _Var("IDEMPOTENCY_TTL_SECONDS", "idempotency_ttl_seconds", _int(1)),
+    _Var("TRACK_STATUS", "track_status", _bool),
+)

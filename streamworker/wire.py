@@ -1,0 +1,218 @@
+"""Stream entry <-> Task: wire format v1 (CONTRACT.md §2).
+
+Entries are flat string fields so any producer can publish with a plain XADD. Decoding never
+raises on bad input: it returns a :class:`Rejected` with the dead-letter reason instead, so
+the worker can move the entry to ``failed_tasks`` and keep going.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import msgspec
+
+__all__ = [
+    "DLQ_REASONS",
+    "Delivery",
+    "Rejected",
+    "Task",
+    "decode_task",
+    "derive_task_id",
+    "format_time",
+    "pack_fields",
+    "parse_time",
+    "unpack_fields",
+]
+
+DLQ_REASONS: Final = (
+    "max_retries_exceeded",
+    "max_deliveries_exceeded",
+    "malformed",
+    "too_large",
+    "unknown_task_type",
+    "contract_violation",
+    "permanent_failure",
+)
+
+# A fixed namespace so an entry without task_id gets the same id on every delivery.
+_TASK_ID_NAMESPACE: Final = uuid.UUID("5f0c2d55-8a3e-4d7e-9f43-2a4c1b9d6e01")
+
+Fields = dict[bytes, bytes]
+
+
+class Delivery:
+    """One stream entry as read by a consumer: where it came from and its raw fields."""
+
+    __slots__ = ("entry_id", "family_index", "fields", "read_at")
+
+    def __init__(self, family_index: int, entry_id: bytes, fields: Fields, read_at: float) -> None:
+        self.family_index = family_index
+        self.entry_id = entry_id
+        self.fields = fields  # empty when the stream entry was deleted while pending
+        self.read_at = read_at
+
+    @property
+    def enqueued_at(self) -> float:
+        """Epoch seconds at which the entry was added, from its stream id."""
+        return int(self.entry_id.split(b"-", 1)[0]) / 1000.0
+
+
+class Task(msgspec.Struct, frozen=True, kw_only=True):
+    """The decoded envelope. ``payload`` stays raw JSON until the handler's contract decodes it."""
+
+    task_id: str
+    task_type: str
+    payload: bytes
+    priority: str
+    retry_count: int = 0
+    max_retries: int | None = None
+    timeout_seconds: float | None = None
+    created_at: str | None = None
+    scheduled_for: float | None = None  # epoch seconds
+    idempotency_key: str | None = None
+    correlation_id: str | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+
+class Rejected(msgspec.Struct, frozen=True):
+    """An entry that can never succeed, with its dead-letter reason and a payload-free error."""
+
+    reason: str
+    error: str
+    task_id: str | None = None
+    task_type: str | None = None
+
+
+def derive_task_id(stream: str, entry_id: bytes | str) -> str:
+    eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return str(uuid.uuid5(_TASK_ID_NAMESPACE, f"{stream}/{eid}"))
+
+
+def format_time(ts: float) -> str:
+    """RFC 3339 UTC with milliseconds, e.g. ``2025-09-01T12:00:00.000Z``."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: str) -> float:
+    """RFC 3339 -> epoch seconds. A time without a zone is refused rather than guessed."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("is not an RFC 3339 date-time") from None
+    if moment.tzinfo is None:
+        raise ValueError("has no time zone (use e.g. 2025-09-01T14:00:00Z)")
+    return moment.timestamp()
+
+
+def _text(fields: Fields, name: bytes) -> str | None:
+    raw = fields.get(name)
+    if raw is None:
+        return None
+    return raw.decode("utf-8")  # UnicodeDecodeError is a ValueError: caught by decode_task
+
+
+def decode_task(
+    fields: Fields, *, stream: str, entry_id: bytes, priority: str, max_payload_bytes: int
+) -> Task | Rejected:
+    """Check the envelope of one entry. The payload's JSON is checked later, by its contract."""
+    task_id: str | None = None
+    task_type: str | None = None
+    try:
+        task_id = _text(fields, b"task_id") or derive_task_id(stream, entry_id)
+        task_type = _text(fields, b"task_type")
+        if not task_type:
+            return Rejected("malformed", "missing task_type", task_id)
+        payload = fields.get(b"payload")
+        if payload is None:
+            return Rejected("malformed", "missing payload", task_id, task_type)
+        if len(payload) > max_payload_bytes:
+            return Rejected(
+                "too_large",
+                f"payload is {len(payload)} bytes, over the {max_payload_bytes} byte limit",
+                task_id,
+                task_type,
+            )
+        field = "retry_count"
+        retry_count = _nonnegative_int(fields.get(b"retry_count"), 0)
+        field = "max_retries"
+        max_retries = _nonnegative_int(fields.get(b"max_retries"), None)
+        field = "timeout_seconds"
+        timeout = _positive_number(fields.get(b"timeout_seconds"))
+        field = "scheduled_for"
+        scheduled_raw = _text(fields, b"scheduled_for")
+        scheduled_for = parse_time(scheduled_raw) if scheduled_raw else None
+        field = "envelope"
+        return Task(
+            task_id=task_id,
+            task_type=task_type,
+            payload=payload,
+            priority=priority,
+            retry_count=retry_count,
+            max_retries=max_retries,
+            timeout_seconds=timeout,
+            created_at=_text(fields, b"created_at"),
+            scheduled_for=scheduled_for,
+            idempotency_key=_text(fields, b"idempotency_key"),
+            correlation_id=_text(fields, b"correlation_id"),
+            traceparent=_text(fields, b"traceparent"),
+            tracestate=_text(fields, b"tracestate"),
+        )
+    except UnicodeDecodeError:
+        return Rejected("malformed", "a field is not valid UTF-8", task_id, task_type)
+    except ValueError as exc:
+        return Rejected("malformed", f"invalid {field}: {exc}", task_id, task_type)
+
+
+def _nonnegative_int(raw: bytes | None, default: int | None) -> int | None:
+    if raw is None or raw == b"":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("must be an integer >= 0") from None
+    if value < 0:
+        raise ValueError("must be an integer >= 0")
+    return value
+
+
+def _positive_number(raw: bytes | None) -> float | None:
+    if raw is None or raw == b"":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("must be a number > 0") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("must be a number > 0")
+    return value
+
+
+# -- delayed-set members ---------------------------------------------------------------------
+# A parked entry is its field list packed with MessagePack: binary safe, and the Lua scripts
+# unpack it with the built-in cmsgpack to XADD the fields back unchanged.
+
+_packer = msgspec.msgpack.Encoder()
+_unpacker = msgspec.msgpack.Decoder(list[Any])
+
+
+def pack_fields(fields: dict[str, str | bytes] | dict[bytes, bytes]) -> bytes:
+    flat: list[str | bytes] = []
+    for key, value in fields.items():
+        flat.append(key)
+        flat.append(value)
+    return _packer.encode(flat)
+
+
+def unpack_fields(member: bytes) -> dict[str, str]:
+    flat = _unpacker.decode(member)
+    out: dict[str, str] = {}
+    for i in range(0, len(flat) - 1, 2):
+        key, value = flat[i], flat[i + 1]
+        out[key if isinstance(key, str) else key.decode("utf-8", "replace")] = (
+            value if isinstance(value, str) else value.decode("utf-8", "replace")
+        )
+    return out

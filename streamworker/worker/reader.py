@@ -1,0 +1,165 @@
+"""Reader: fetches entries for free handler slots, in priority order, and hands them over.
+
+It never fetches more than there are free slots (one read of several streams in one round
+trip), except that a blocking wait can return one entry per stream; those wait for a slot.
+On start it first re-reads this consumer's own pending entries (left by a previous run of
+the same consumer name), walking each stream's pending list with a cursor.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+from redis.exceptions import ResponseError
+
+from ..broker import Broker
+from ..wire import Delivery
+from .retrying import TRANSIENT
+
+log = logging.getLogger("streamworker.worker")
+
+
+class Slots:
+    """Free handler slots: taken by the reader per entry, given back by a runner when done."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._sem = anyio.Semaphore(size)
+
+    async def take_batch(self, limit: int) -> int:
+        await self._sem.acquire()
+        taken = 1
+        while taken < limit and self._sem.value > 0:
+            self._sem.acquire_nowait()
+            taken += 1
+        return taken
+
+    async def take(self) -> None:
+        await self._sem.acquire()
+
+    def give(self, n: int = 1) -> None:
+        for _ in range(n):
+            self._sem.release()
+
+    @property
+    def free(self) -> int:
+        return self._sem.value
+
+
+class Reader:
+    def __init__(
+        self,
+        broker: Broker,
+        consumer: str,
+        slots: Slots,
+        *,
+        mode: str = "strict",
+        weights: Sequence[int] = (8, 4, 2, 1),
+        block_ms: int = 1000,
+        max_batch: int = 500,
+    ) -> None:
+        self._broker = broker
+        self._consumer = consumer
+        self._slots = slots
+        self._mode = mode
+        self._weights = tuple(weights)
+        self._block_ms = block_ms
+        self._max_batch = max_batch
+        self.read_count = 0
+
+    def plan(self, n: int) -> tuple[list[int], list[int]]:
+        """Order of the families and how many to take from each in the first pass."""
+        count = len(self._broker.families)
+        if self._mode == "strict":
+            return list(range(count)), [n] * count
+        # Weighted: a weighted shuffle decides who is served first, and each family's quota
+        # is its share of n (rounded up), so a low priority always makes progress.
+        total = sum(self._weights)
+        order = sorted(
+            range(count), key=lambda i: random.random() ** (1.0 / self._weights[i]), reverse=True
+        )
+        quotas = [-(-n * self._weights[i] // total) for i in order]
+        return order, quotas
+
+    async def run(
+        self,
+        send: MemoryObjectSendStream[Delivery],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with send:
+            task_status.started()
+            await self._read_own_pending(send)
+            while True:
+                n = await self._slots.take_batch(self._max_batch)
+                order, quotas = self.plan(n)
+                deliveries = await self._fetch(n, order, quotas, [">"] * len(order))
+                if deliveries is None:
+                    self._slots.give(n)
+                    continue
+                self._slots.give(n - len(deliveries))
+                if not deliveries:
+                    deliveries = await self._wait()
+                    for delivery in deliveries:
+                        await self._slots.take()
+                        await send.send(delivery)
+                    continue
+                for delivery in deliveries:
+                    await send.send(delivery)
+
+    async def _read_own_pending(self, send: MemoryObjectSendStream[Delivery]) -> None:
+        count = len(self._broker.families)
+        cursors = ["0"] * count
+        while True:
+            n = await self._slots.take_batch(self._max_batch)
+            deliveries = await self._fetch(n, list(range(count)), [n] * count, cursors)
+            if deliveries is None:
+                self._slots.give(n)
+                continue
+            self._slots.give(n - len(deliveries))
+            if deliveries:
+                log.info("pending_recovered", extra={"count": len(deliveries)})
+            for delivery in deliveries:
+                cursors[delivery.family_index] = delivery.entry_id.decode()
+                await send.send(delivery)
+            if len(deliveries) < n:
+                return
+
+    async def _fetch(
+        self, n: int, order: list[int], quotas: list[int], start_ids: list[str]
+    ) -> list[Delivery] | None:
+        """The entries read, or None after a failure (already waited out)."""
+        try:
+            deliveries = await self._broker.read(self._consumer, n, order, quotas, start_ids)
+        except TRANSIENT as exc:
+            log.warning("read_failed", extra={"error_type": type(exc).__name__})
+            await anyio.sleep(0.5)
+            return None
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The stream or group was deleted under us (e.g. FLUSHDB): recreate and go on.
+            log.warning("group_missing_recreating")
+            await self._broker.ensure_groups()
+            return None
+        self.read_count += len(deliveries)
+        return deliveries
+
+    async def _wait(self) -> list[Delivery]:
+        try:
+            deliveries = await self._broker.wait_for_entries(self._consumer, self._block_ms)
+        except TRANSIENT as exc:
+            log.warning("read_failed", extra={"error_type": type(exc).__name__})
+            await anyio.sleep(0.5)
+            return []
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self._broker.ensure_groups()
+            return []
+        self.read_count += len(deliveries)
+        return deliveries

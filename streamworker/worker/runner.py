@@ -1,0 +1,296 @@
+"""Runner: runs one delivered entry and settles its outcome.
+
+decode the envelope -> find the handler -> decode the payload with its contract -> run it under
+its timeout -> completed (batched ack), retry (atomic ack + park with backoff), or dead letter
+(atomic move to ``failed_tasks``). Bad input never raises out of here: it is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import anyio
+import msgspec
+
+from ..broker import Broker, StatusWrite
+from ..context import Outbox, TaskContext
+from ..errors import PermanentError, Retry, StreamworkerError
+from ..hooks import Outcome, TaskEnd, TaskHooks
+from ..registry import Registry, is_json_object
+from ..settings import Settings
+from ..wire import Delivery, Rejected, Task, decode_task, format_time
+from .acker import Acker
+from .backoff import backoff_delay
+from .retrying import until_done
+
+log = logging.getLogger("streamworker.worker")
+
+
+class TaskTimeout(StreamworkerError):
+    """The handler ran longer than its timeout and was cancelled."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, payload-free description: the class, plus the message only for our own errors
+    (whose messages we control). Handler exception messages may carry patient data."""
+    name = type(exc).__name__
+    if isinstance(exc, StreamworkerError) and str(exc):
+        return f"{name}: {str(exc)[:200]}"
+    return name
+
+
+class Runner:
+    def __init__(
+        self,
+        broker: Broker,
+        registry: Registry,
+        settings: Settings,
+        acker: Acker,
+        hooks: TaskHooks,
+        outbox: Outbox,
+    ) -> None:
+        self._broker = broker
+        self._registry = registry
+        self._settings = settings
+        self._acker = acker
+        self._hooks = hooks
+        self._outbox = outbox
+        self._consumer = settings.consumer
+        self._status = broker.status.enabled
+        self.deleted_acked = 0
+
+    async def run(self, delivery: Delivery) -> None:
+        family = self._broker.families[delivery.family_index]
+        if not delivery.fields:
+            # Pending, but its stream entry was deleted: there is nothing to run.
+            await until_done(lambda: self._broker.ack_deleted(delivery), what="ack_deleted")
+            self.deleted_acked += 1
+            log.warning("pending_entry_deleted", extra={"entry_id": delivery.entry_id.decode()})
+            return
+        task = decode_task(
+            delivery.fields,
+            stream=family.stream,
+            entry_id=delivery.entry_id,
+            priority=family.priority,
+            max_payload_bytes=self._settings.max_payload_bytes,
+        )
+        if isinstance(task, Rejected):
+            await self._reject(delivery, task)
+            return
+        spec = self._registry.get(task.task_type)
+        if spec is None:
+            await self._reject(
+                delivery,
+                Rejected(
+                    "unknown_task_type",
+                    "no handler for this task type",
+                    task.task_id,
+                    task.task_type,
+                ),
+            )
+            return
+        now = time.time()
+        if task.scheduled_for is not None and task.scheduled_for > now + 0.001:
+            await self._defer(delivery, task)
+            return
+        try:
+            payload = spec.decode(task.payload)
+        except msgspec.ValidationError as exc:
+            reason = "contract_violation" if is_json_object(task.payload) else "malformed"
+            error = str(exc) if reason == "contract_violation" else "payload is not a JSON object"
+            await self._reject(delivery, Rejected(reason, error, task.task_id, task.task_type))
+            return
+        except msgspec.DecodeError:
+            await self._reject(
+                delivery,
+                Rejected("malformed", "payload is not valid JSON", task.task_id, task.task_type),
+            )
+            return
+
+        timeout = (
+            task.timeout_seconds or spec.timeout_seconds or self._settings.task_timeout_seconds
+        )
+        max_retries = _first(task.max_retries, spec.max_retries, self._settings.max_retries)
+        ctx = TaskContext(
+            task_id=task.task_id,
+            task_type=task.task_type,
+            attempt=task.retry_count + 1,
+            max_retries=max_retries,
+            priority=task.priority,
+            correlation_id=task.correlation_id,
+            outbox=self._outbox,
+        )
+        if self._status:
+            self._acker.note_status(
+                task.task_id,
+                "running",
+                {
+                    "task_type": task.task_type,
+                    "priority": task.priority,
+                    "created_at": task.created_at,
+                    "started_at": format_time(now),
+                    "retry_count": task.retry_count,
+                },
+            )
+        tokens = self._hooks.before(task, now, delivery.enqueued_at) if self._hooks else None
+        started = time.perf_counter()
+        error: BaseException | None = None
+        with anyio.move_on_after(timeout) as scope:
+            try:
+                await spec.fn(payload, ctx)
+            except Exception as exc:
+                error = exc
+        if scope.cancelled_caught and error is None:
+            error = TaskTimeout(f"timed out after {timeout:g}s")
+        duration = time.perf_counter() - started
+
+        if error is None:
+            await self._acker.complete(
+                delivery.family_index,
+                delivery.entry_id,
+                task.task_id,
+                {"completed_at": format_time(time.time())} if self._status else {},
+            )
+            end = TaskEnd(Outcome.COMPLETED, duration)
+        elif isinstance(error, PermanentError):
+            end = await self._fail(delivery, task, "permanent_failure", error, duration)
+        elif task.retry_count >= max_retries:
+            end = await self._fail(delivery, task, "max_retries_exceeded", error, duration)
+        else:
+            end = await self._retry(delivery, task, error, duration)
+        if tokens is not None:
+            self._hooks.after(task, tokens, end)
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    async def _retry(
+        self, delivery: Delivery, task: Task, error: BaseException, duration: float
+    ) -> TaskEnd:
+        failures = task.retry_count + 1
+        if isinstance(error, Retry):
+            wait = error.after
+        else:
+            wait = backoff_delay(
+                failures,
+                base=self._settings.retry_base_seconds,
+                cap=self._settings.retry_max_seconds,
+                jitter=self._settings.retry_jitter,
+            )
+        due = time.time() + wait
+        fields: dict[str | bytes, str | bytes] = dict(delivery.fields)
+        fields[b"task_id"] = task.task_id
+        fields[b"retry_count"] = str(failures)
+        described = describe_error(error)
+        write: StatusWrite = (
+            task.task_id,
+            "retrying",
+            {"retry_count": failures, "last_error": described, "scheduled_for": format_time(due)},
+        )
+        with anyio.CancelScope(shield=True):
+            await until_done(
+                lambda: self._broker.retry(
+                    delivery, fields, int(due * 1000), write if self._status else None
+                ),
+                what="retry",
+            )
+        log.info(
+            "task_retrying",
+            extra={
+                "task_id": task.task_id,
+                "task_type": task.task_type,
+                "retry_count": failures,
+                "retry_in_ms": round(wait * 1000),
+                "error_type": type(error).__name__,
+            },
+        )
+        return TaskEnd(Outcome.RETRYING, duration, error, retry_in=wait)
+
+    async def _fail(
+        self, delivery: Delivery, task: Task, reason: str, error: BaseException, duration: float
+    ) -> TaskEnd:
+        await self._dead_letter(
+            delivery, task.task_id, task.task_type, reason, describe_error(error)
+        )
+        return TaskEnd(Outcome.DEAD_LETTERED, duration, error, dead_letter_reason=reason)
+
+    async def _reject(self, delivery: Delivery, rejected: Rejected) -> None:
+        task_id = rejected.task_id or "unknown"
+        await self._dead_letter(
+            delivery, task_id, rejected.task_type, rejected.reason, rejected.error
+        )
+        if self._hooks:
+            self._hooks.rejected(rejected, self._broker.families[delivery.family_index].priority)
+
+    async def _dead_letter(
+        self, delivery: Delivery, task_id: str, task_type: str | None, reason: str, error: str
+    ) -> None:
+        family = self._broker.families[delivery.family_index]
+        now = time.time()
+        fields: dict[str | bytes, str | bytes] = dict(delivery.fields)
+        if b"task_id" not in fields and task_id != "unknown":
+            fields[b"task_id"] = task_id
+        fields.update(
+            {
+                "dlq_reason": reason,
+                "dlq_error": error[:500],
+                "source_stream": family.stream,
+                "source_id": delivery.entry_id,
+                "group": self._broker.group,
+                "consumer": self._consumer,
+                "failed_at": format_time(now),
+            }
+        )
+        write: StatusWrite | None = None
+        if self._status and task_id != "unknown":
+            write = (
+                task_id,
+                "failed",
+                {
+                    "task_type": task_type,
+                    "priority": family.priority,
+                    "last_error": f"{reason}: {error[:200]}",
+                    "completed_at": format_time(now),
+                },
+            )
+        with anyio.CancelScope(shield=True):
+            await until_done(
+                lambda: self._broker.dead_letter(delivery, fields, write), what="dead_letter"
+            )
+        log.warning(
+            "task_dead_lettered",
+            extra={"task_id": task_id, "task_type": task_type, "dlq_reason": reason},
+        )
+
+    async def _defer(self, delivery: Delivery, task: Task) -> None:
+        """An entry that is not due yet (raw XADD with a future scheduled_for): park it."""
+        assert task.scheduled_for is not None
+        fields: dict[str | bytes, str | bytes] = dict(delivery.fields)
+        fields[b"task_id"] = task.task_id
+        write: StatusWrite = (
+            task.task_id,
+            "scheduled",
+            {
+                "task_type": task.task_type,
+                "priority": task.priority,
+                "scheduled_for": format_time(task.scheduled_for),
+            },
+        )
+        with anyio.CancelScope(shield=True):
+            await until_done(
+                lambda: self._broker.retry(
+                    delivery,
+                    fields,
+                    int(task.scheduled_for * 1000),
+                    write if self._status else None,  # type: ignore[operator]
+                ),
+                what="defer",
+            )
+
+
+def _first(*values: Any) -> Any:
+    for value in values:
+        if value is not None:
+            return value
+    return None

@@ -1,0 +1,141 @@
+"""The worker process: starts its components in order in one task group and stops them in
+reverse, in two phases (CONTRACT.md §3): stop reading, then let in-flight handlers finish
+within ``SHUTDOWN_GRACE_SECONDS``; whatever did not finish stays pending for the next consumer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import anyio
+import redis.asyncio as aioredis
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from ..broker import Broker, connect
+from ..context import Outbox
+from ..hooks import TaskHook, TaskHooks
+from ..keyspace import Keyspace
+from ..registry import Registry, default_registry
+from ..settings import Settings
+from ..status import StatusStore
+from ..wire import Delivery
+from .acker import Acker
+from .promoter import Promoter
+from .reader import Reader, Slots
+from .retrying import until_done
+from .runner import Runner
+
+log = logging.getLogger("streamworker.worker")
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: Registry | None = None,
+        redis: aioredis.Redis | None = None,
+        hooks: Sequence[TaskHook] = (),
+        concurrency: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else default_registry
+        self.redis = redis or connect(settings.require_redis_url())
+        self.keys = Keyspace(settings.prefix)
+        status = StatusStore(
+            self.keys, settings.completed_ttl_seconds, enabled=settings.track_status
+        )
+        self.broker = Broker(self.redis, self.keys, settings.group, status=status)
+        self.concurrency = concurrency or settings.worker_count
+        self.slots = Slots(self.concurrency)
+        self.acker = Acker(self.broker, capacity=4 * self.concurrency + 64)
+        self.promoter = Promoter(self.broker, interval=settings.promote_interval_seconds)
+        self.reader = Reader(
+            self.broker,
+            settings.consumer,
+            self.slots,
+            mode=settings.priority_mode,
+            weights=settings.priority_weights,
+            block_ms=settings.read_block_ms,
+        )
+        self.runner = Runner(
+            self.broker,
+            self.registry,
+            settings,
+            self.acker,
+            TaskHooks(hooks),
+            Outbox(self.redis, self.keys.notification_outbox),
+        )
+        self._stop = anyio.Event()
+        self.in_flight = 0
+        self.completed_runs = 0
+
+    def stop(self) -> None:
+        """Ask for a graceful stop (what SIGTERM does)."""
+        self._stop.set()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        await until_done(self._prepare, what="start", max_delay=2.0)
+        send, receive = anyio.create_memory_object_stream[Delivery](0)
+        async with anyio.create_task_group() as services:
+            await services.start(self.acker.run)
+            await services.start(self.promoter.run)
+            async with anyio.create_task_group() as runners:
+                for _ in range(self.concurrency):
+                    runners.start_soon(self._run_tasks, receive.clone())
+                receive.close()
+                reading = anyio.CancelScope()
+                runners.start_soon(self._read, send, reading)
+                log.info(
+                    "worker_started",
+                    extra={
+                        "consumer": self.settings.consumer,
+                        "group": self.settings.group,
+                        "concurrency": self.concurrency,
+                        "task_types": len(self.registry),
+                    },
+                )
+                task_status.started()
+                await self._stop.wait()
+                log.info("worker_stopping", extra={"in_flight": self.in_flight})
+                reading.cancel()  # phase 1: no new work; the closed stream ends idle runners
+                # phase 2: in-flight handlers get the grace period, then are cancelled (their
+                # entries stay pending and are picked up again)
+                runners.cancel_scope.deadline = (
+                    anyio.current_time() + self.settings.shutdown_grace_seconds
+                )
+            self.acker.close()
+            with anyio.move_on_after(10):
+                await self.acker.finished.wait()
+            services.cancel_scope.cancel()
+        await self.redis.aclose()
+        log.info("worker_stopped", extra={"consumer": self.settings.consumer})
+
+    async def _prepare(self) -> None:
+        await self.broker.load_scripts()
+        await self.broker.ensure_groups()
+
+    async def _read(
+        self, send: anyio.abc.ObjectSendStream[Delivery], scope: anyio.CancelScope
+    ) -> None:
+        with scope:
+            await self.reader.run(send)  # type: ignore[arg-type]
+        await send.aclose()
+
+    async def _run_tasks(self, receive: MemoryObjectReceiveStream[Delivery]) -> None:
+        async with receive:
+            async for delivery in receive:
+                self.in_flight += 1
+                try:
+                    await self.runner.run(delivery)
+                except Exception:
+                    # A bug or an unexpected Redis reply: the entry stays pending and will be
+                    # reclaimed; the worker itself keeps going.
+                    log.exception("runner_error", extra={"entry_id": delivery.entry_id.decode()})
+                finally:
+                    self.in_flight -= 1
+                    self.completed_runs += 1
+                    self.slots.give()
