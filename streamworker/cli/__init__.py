@@ -42,7 +42,8 @@ def run_async(fn: Callable[[], Any]) -> Any:
 
 
 def _register() -> None:
-    from . import run, tasks  # noqa: F401  (commands register themselves on ``app``)
+    # Each module adds its commands to ``app``.
+    from . import api, dlq, run, schedules, schema, tasks  # noqa: F401
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""api commands (to be filled in by its issue)."""

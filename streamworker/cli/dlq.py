@@ -1,0 +1,1 @@
+"""dlq commands (to be filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""schedules commands (to be filled in by its issue)."""

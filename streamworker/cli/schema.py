@@ -1,0 +1,1 @@
+"""schema commands (to be filled in by its issue)."""

@@ -1,0 +1,127 @@
+"""Test harness: one private redis-server per test session (never the machine's 6379), a
+fresh key prefix per test, and helpers to run a worker in-process or as a subprocess.
+
+A test that cannot get its server fails loudly: the fixture raises, nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from streamworker import Registry, Settings, Worker
+from streamworker.broker import connect
+from streamworker.embedded import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis().start()  # raises RedisServerError: the test fails, never skips
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}:"
+
+
+@pytest.fixture
+def settings(redis_server: EmbeddedRedis, prefix: str) -> Settings:
+    """Fast timings so tests finish quickly; each test has its own prefix and consumer."""
+    return Settings(
+        redis_url=redis_server.url,
+        prefix=prefix,
+        consumer=f"c-{uuid.uuid4().hex[:6]}",
+        worker_count=8,
+        retry_base_seconds=0.05,
+        retry_max_seconds=1.0,
+        promote_interval_seconds=0.02,
+        read_block_ms=100,
+        shutdown_grace_seconds=5,
+        task_timeout_seconds=5,
+    )
+
+
+@pytest.fixture
+async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
+    client = connect(redis_server.url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@asynccontextmanager
+async def running_worker(
+    settings: Settings, registry: Registry, **kwargs: Any
+) -> AsyncIterator[Worker]:
+    """A worker running in this event loop; stopped gracefully on exit."""
+    worker = Worker(settings, registry=registry, **kwargs)
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        try:
+            yield worker
+        finally:
+            worker.stop()
+
+
+async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.02) -> None:
+    """Poll an async or sync predicate until it is true; fail with a clear message if not."""
+    with anyio.fail_after(timeout):
+        while True:
+            result = predicate()
+            if hasattr(result, "__await__"):
+                result = await result
+            if result:
+                return
+            await anyio.sleep(interval)
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for a ``streamworker`` subprocess using the test's settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMWORKER_", "REDIS_"))}
+    env.update(
+        {
+            "REDIS_URL": settings.redis_url or "",
+            "STREAMWORKER_PREFIX": settings.prefix,
+            "STREAMWORKER_HANDLERS": "tests.sample_handlers",
+            "RETRY_BASE_SECONDS": str(settings.retry_base_seconds),
+            "RETRY_MAX_SECONDS": str(settings.retry_max_seconds),
+            "PROMOTE_INTERVAL_SECONDS": str(settings.promote_interval_seconds),
+            "READ_BLOCK_MS": str(settings.read_block_ms),
+            "PYTHONPATH": str(ROOT),
+            "LOG_LEVEL": "warning",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def start_worker_process(settings: Settings, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamworker", "worker", *args],
+        env=worker_env(settings, **env),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )

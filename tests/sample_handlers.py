@@ -1,0 +1,50 @@
+"""Handlers for subprocess tests (imported by ``STREAMWORKER_HANDLERS=tests.sample_handlers``).
+
+They record what ran in Redis itself, under the worker's prefix, so the test can count runs
+across processes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+
+from streamworker import TaskContext, handler
+
+_client: aioredis.Redis | None = None
+
+
+def _redis() -> aioredis.Redis:
+    global _client
+    if _client is None:
+        _client = aioredis.Redis.from_url(os.environ["REDIS_URL"])
+    return _client
+
+
+def _key(name: str) -> str:
+    return f"{os.environ.get('STREAMWORKER_PREFIX', '')}test:{name}"
+
+
+@handler("record")
+async def record(payload: dict[str, Any], ctx: TaskContext) -> None:
+    """Sleep ``sleep`` seconds, then count the run and remember the task id."""
+    if payload.get("sleep"):
+        await anyio.sleep(float(payload["sleep"]))
+    pipe = _redis().pipeline(transaction=False)
+    pipe.sadd(_key("done"), ctx.task_id)
+    pipe.incr(_key("runs"))
+    await pipe.execute()
+
+
+@handler("noop")
+async def noop(payload: dict[str, Any], ctx: TaskContext) -> None:
+    return None
+
+
+@handler("crash")
+async def crash(payload: dict[str, Any], ctx: TaskContext) -> None:
+    """The poison message: kills its worker process before anything can be recorded."""
+    os._exit(137)
