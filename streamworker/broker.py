@@ -138,8 +138,10 @@ class Broker:
 
     async def wait_for_entries(self, consumer: str, block_ms: int) -> list[Delivery]:
         """Block until any stream has a new entry (at most one per stream is returned)."""
-        streams = {f.stream: ">" for f in self.families}
-        reply = await self.redis.xreadgroup(self.group, consumer, streams, count=1, block=block_ms)
+        streams: dict[Any, Any] = {f.stream: ">" for f in self.families}
+        reply: Any = await self.redis.xreadgroup(
+            self.group, consumer, streams, count=1, block=block_ms
+        )
         now = time.time()
         out = []
         for stream, entries in reply or ():
@@ -177,7 +179,7 @@ class Broker:
     ) -> bool:
         """Ack the entry and park its next attempt until ``due_ms``, atomically."""
         family = self.families[delivery.family_index]
-        member = pack_fields(dict(next_fields))  # type: ignore[arg-type]
+        member = pack_fields(next_fields)
 
         def build(pipe: Any) -> None:
             self._evalsha(

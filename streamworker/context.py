@@ -23,9 +23,8 @@ class Outbox:
         self._maxlen = maxlen
 
     async def put(self, **fields: str) -> str:
-        entry_id = await self._redis.xadd(
-            self._key, dict(fields), maxlen=self._maxlen, approximate=True
-        )
+        entry: dict[Any, Any] = dict(fields)
+        entry_id = await self._redis.xadd(self._key, entry, maxlen=self._maxlen, approximate=True)
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 

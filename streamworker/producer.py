@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import anyio.from_thread
 import msgspec
@@ -274,7 +274,7 @@ class Producer:
                 if p.due_ms:
                     pipe.zadd(p.family.delayed, {pack_fields(p.fields): p.due_ms})
                 else:
-                    pipe.xadd(p.family.stream, p.fields)
+                    pipe.xadd(p.family.stream, cast(dict[Any, Any], p.fields))
                 self._write_status(pipe, p)
             await pipe.execute()
         for i, p in enumerate(prepared):

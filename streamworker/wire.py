@@ -8,7 +8,9 @@ the worker can move the entry to ``failed_tasks`` and keep going.
 from __future__ import annotations
 
 import math
+import struct
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -137,7 +139,7 @@ def decode_task(
                 task_type,
             )
         field = "retry_count"
-        retry_count = _nonnegative_int(fields.get(b"retry_count"), 0)
+        retry_count = _nonnegative_int(fields.get(b"retry_count"), 0) or 0
         field = "max_retries"
         max_retries = _nonnegative_int(fields.get(b"max_retries"), None)
         field = "timeout_seconds"
@@ -192,27 +194,56 @@ def _positive_number(raw: bytes | None) -> float | None:
 
 
 # -- delayed-set members ---------------------------------------------------------------------
-# A parked entry is its field list packed with MessagePack: binary safe, and the Lua scripts
-# unpack it with the built-in cmsgpack to XADD the fields back unchanged.
+# A parked entry is its field list as a MessagePack array of *str*-typed byte strings: Redis's
+# built-in cmsgpack (which the Lua scripts use to XADD the fields back unchanged) reads the str
+# family for any bytes but not the newer bin family, so this small encoder writes str headers
+# and stays binary safe.
 
-_packer = msgspec.msgpack.Encoder()
-_unpacker = msgspec.msgpack.Decoder(list[Any])
+
+def _header(small: int, n: int, codes: tuple[int, int, int], tiny_limit: int) -> bytes:
+    if n < tiny_limit:
+        return bytes([small | n])
+    if codes[0] and n < 256:
+        return bytes([codes[0], n])
+    if n < 65536:
+        return bytes([codes[1]]) + struct.pack(">H", n)
+    return bytes([codes[2]]) + struct.pack(">I", n)
 
 
-def pack_fields(fields: dict[str, str | bytes] | dict[bytes, bytes]) -> bytes:
-    flat: list[str | bytes] = []
+def pack_fields(
+    fields: Mapping[str, str | bytes] | Mapping[bytes, bytes] | Mapping[Any, Any],
+) -> bytes:
+    parts = [_header(0x90, 2 * len(fields), (0, 0xDC, 0xDD), 16)]
     for key, value in fields.items():
-        flat.append(key)
-        flat.append(value)
-    return _packer.encode(flat)
+        for item in (key, value):
+            raw = item.encode() if isinstance(item, str) else bytes(item)
+            parts.append(_header(0xA0, len(raw), (0xD9, 0xDA, 0xDB), 32))
+            parts.append(raw)
+    return b"".join(parts)
 
 
-def unpack_fields(member: bytes) -> dict[str, str]:
-    flat = _unpacker.decode(member)
-    out: dict[str, str] = {}
-    for i in range(0, len(flat) - 1, 2):
-        key, value = flat[i], flat[i + 1]
-        out[key if isinstance(key, str) else key.decode("utf-8", "replace")] = (
-            value if isinstance(value, str) else value.decode("utf-8", "replace")
-        )
-    return out
+def unpack_fields(member: bytes) -> dict[bytes, bytes]:
+    """The inverse of :func:`pack_fields` (for inspecting the delayed set)."""
+    view = memoryview(member)
+    count, pos = _read_len(view, 0, 0x90, 16, (0, 0xDC, 0xDD))
+    items: list[bytes] = []
+    for _ in range(count):
+        length, pos = _read_len(view, pos, 0xA0, 32, (0xD9, 0xDA, 0xDB))
+        items.append(bytes(view[pos : pos + length]))
+        pos += length
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def _read_len(
+    view: memoryview, pos: int, small: int, tiny_limit: int, codes: tuple[int, int, int]
+) -> tuple[int, int]:
+    first = view[pos]
+    if small <= first < small + tiny_limit:
+        return first - small, pos + 1
+    if codes[0] and first == codes[0]:
+        return view[pos + 1], pos + 2
+    if first == codes[1]:
+        return struct.unpack_from(">H", view, pos + 1)[0], pos + 3
+    if first == codes[2]:
+        return struct.unpack_from(">I", view, pos + 1)[0], pos + 5
+    raise ValueError("not a packed field list")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -19,9 +20,12 @@ from ..broker import Broker
 from .retrying import until_done
 
 log = logging.getLogger("streamworker.worker")
+T = TypeVar("T")
 
-# (family index or -1 for a status-only write, entry id, task id, state, status fields)
+# (family index or -1 for a status-only write, entry id, task id, state, status fields);
+# family index _IN_ORDER marks an operation to run in sequence (see ``run_in_order``).
 Item = tuple[int, bytes | None, str, str, dict[str, Any]]
+_IN_ORDER = -2
 
 
 class Acker:
@@ -47,6 +51,20 @@ class Acker:
             self._send.send_nowait((-1, None, task_id, state, fields))
         except anyio.WouldBlock:
             log.debug("status_write_dropped", extra={"task_id": task_id, "state": state})
+
+    async def run_in_order(self, op: Callable[[], Awaitable[T]], *, what: str) -> T:
+        """Run ``op`` after every item queued before it has been written.
+
+        Retries and dead letters go through here, so a task's earlier status write ("running")
+        can never land after its final one.
+        """
+        done = anyio.Event()
+        box: dict[str, Any] = {"op": op, "done": done, "what": what}
+        await self._send.send((_IN_ORDER, None, "", "", box))
+        await done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["result"]  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """No more items: the acker flushes what it holds and returns."""
@@ -76,7 +94,23 @@ class Acker:
                         break
                 # An ack in flight must not be abandoned half-way by a cancellation.
                 with anyio.CancelScope(shield=True):
-                    await self._flush(batch)
+                    start = 0
+                    for i, item in enumerate(batch):
+                        if item[0] == _IN_ORDER:
+                            if i > start:
+                                await self._flush(batch[start:i])
+                            await self._run_op(item[4])
+                            start = i + 1
+                    if start < len(batch):
+                        await self._flush(batch[start:])
+
+    async def _run_op(self, box: dict[str, Any]) -> None:
+        try:
+            box["result"] = await until_done(box["op"], what=box["what"])
+        except Exception as exc:
+            box["error"] = exc
+        finally:
+            box["done"].set()
 
     async def _flush(self, batch: list[Item]) -> None:
         acks: dict[int, list[bytes]] = defaultdict(list)

@@ -99,8 +99,8 @@ class Runner:
             payload = spec.decode(task.payload)
         except msgspec.ValidationError as exc:
             reason = "contract_violation" if is_json_object(task.payload) else "malformed"
-            error = str(exc) if reason == "contract_violation" else "payload is not a JSON object"
-            await self._reject(delivery, Rejected(reason, error, task.task_id, task.task_type))
+            message = str(exc) if reason == "contract_violation" else "payload is not a JSON object"
+            await self._reject(delivery, Rejected(reason, message, task.task_id, task.task_type))
             return
         except msgspec.DecodeError:
             await self._reject(
@@ -179,7 +179,7 @@ class Runner:
                 jitter=self._settings.retry_jitter,
             )
         due = time.time() + wait
-        fields: dict[str | bytes, str | bytes] = dict(delivery.fields)
+        fields: dict[Any, Any] = dict(delivery.fields)
         fields[b"task_id"] = task.task_id
         fields[b"retry_count"] = str(failures)
         described = describe_error(error)
@@ -189,7 +189,7 @@ class Runner:
             {"retry_count": failures, "last_error": described, "scheduled_for": format_time(due)},
         )
         with anyio.CancelScope(shield=True):
-            await until_done(
+            await self._acker.run_in_order(
                 lambda: self._broker.retry(
                     delivery, fields, int(due * 1000), write if self._status else None
                 ),
@@ -228,7 +228,7 @@ class Runner:
     ) -> None:
         family = self._broker.families[delivery.family_index]
         now = time.time()
-        fields: dict[str | bytes, str | bytes] = dict(delivery.fields)
+        fields: dict[Any, Any] = dict(delivery.fields)
         if b"task_id" not in fields and task_id != "unknown":
             fields[b"task_id"] = task_id
         fields.update(
@@ -255,7 +255,7 @@ class Runner:
                 },
             )
         with anyio.CancelScope(shield=True):
-            await until_done(
+            await self._acker.run_in_order(
                 lambda: self._broker.dead_letter(delivery, fields, write), what="dead_letter"
             )
         log.warning(
@@ -265,8 +265,8 @@ class Runner:
 
     async def _defer(self, delivery: Delivery, task: Task) -> None:
         """An entry that is not due yet (raw XADD with a future scheduled_for): park it."""
-        assert task.scheduled_for is not None
-        fields: dict[str | bytes, str | bytes] = dict(delivery.fields)
+        due = task.scheduled_for or 0.0
+        fields: dict[Any, Any] = dict(delivery.fields)
         fields[b"task_id"] = task.task_id
         write: StatusWrite = (
             task.task_id,
@@ -274,16 +274,16 @@ class Runner:
             {
                 "task_type": task.task_type,
                 "priority": task.priority,
-                "scheduled_for": format_time(task.scheduled_for),
+                "scheduled_for": format_time(due),
             },
         )
         with anyio.CancelScope(shield=True):
-            await until_done(
+            await self._acker.run_in_order(
                 lambda: self._broker.retry(
                     delivery,
                     fields,
-                    int(task.scheduled_for * 1000),
-                    write if self._status else None,  # type: ignore[operator]
+                    int(due * 1000),
+                    write if self._status else None,
                 ),
                 what="defer",
             )

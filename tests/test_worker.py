@@ -1,0 +1,355 @@
+"""The engine end to end against the real redis-server: publish, run, ack, retry, dead letter."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from streamworker import PermanentError, Producer, Registry, Retry, Settings, TaskContext
+from streamworker.keyspace import Keyspace
+from tests.conftest import running_worker, wait_for
+
+pytestmark = pytest.mark.anyio
+
+
+class Note(msgspec.Struct, frozen=True, kw_only=True):
+    text: str
+    n: int = 0
+
+
+def producer_for(settings: Settings, registry: Registry | None = None) -> Producer:
+    return Producer.from_settings(settings, contracts=registry.contracts if registry else None)
+
+
+async def dead_letters(redis: aioredis.Redis, settings: Settings) -> list[dict[str, str]]:
+    entries = await redis.xrange(Keyspace(settings.prefix).dead_letters)
+    return [{k.decode(): v.decode(errors="replace") for k, v in f.items()} for _, f in entries]
+
+
+async def test_raw_xadd_from_any_producer_is_processed(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    seen: list[tuple[str, Any]] = []
+    registry = Registry()
+
+    @registry.handler("care_alert")
+    async def care_alert(payload: dict[str, Any], ctx: TaskContext) -> None:
+        seen.append((ctx.task_id, payload))
+
+    stream = f"{settings.prefix}high_priority_tasks"
+    # Exactly what the contract's redis-cli example sends: no task_id, no other fields.
+    await redis.execute_command(
+        "XADD",
+        stream,
+        "*",
+        "task_type",
+        "care_alert",
+        "payload",
+        '{"patient_ref":"p-1","alert":"fall"}',
+    )
+    async with running_worker(settings, registry):
+        await wait_for(lambda: len(seen) == 1)
+        await wait_for(lambda: _xlen_is(redis, stream, 0))
+    assert seen[0][1] == {"patient_ref": "p-1", "alert": "fall"}
+    assert len(seen[0][0]) == 36  # a derived UUID
+    assert await redis.xlen(stream) == 0  # acknowledged and deleted
+    assert await redis.xpending(stream, settings.group) == {
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
+    }
+
+
+async def _xlen_is(redis: aioredis.Redis, stream: str, n: int) -> bool:
+    return await redis.xlen(stream) == n
+
+
+async def test_contract_payload_and_status(settings: Settings, redis: aioredis.Redis) -> None:
+    got: list[Note] = []
+    registry = Registry()
+
+    @registry.handler("note", contract=Note)
+    async def note(payload: Note, ctx: TaskContext) -> None:
+        got.append(payload)
+
+    producer = producer_for(settings, registry)
+    task_id = await producer.publish("note", {"text": "hi", "n": 2}, correlation_id="c-1")
+    assert (await producer.status.read(redis, task_id)).status == "queued"  # type: ignore[union-attr]
+    async with running_worker(settings, registry):
+        await wait_for(lambda: got)
+        await wait_for(lambda: _state(producer, redis, task_id, "completed"))
+    assert got == [Note(text="hi", n=2)]
+    status = await producer.status.read(redis, task_id)
+    assert status is not None and status.started_at and status.completed_at
+    assert (
+        0
+        < await redis.ttl(Keyspace(settings.prefix).status(task_id))
+        <= settings.completed_ttl_seconds
+    )
+    await producer.aclose()
+
+
+async def _state(producer: Producer, redis: aioredis.Redis, task_id: str, state: str) -> bool:
+    status = await producer.status.read(redis, task_id)
+    return status is not None and status.status == state
+
+
+async def test_strict_priority_drains_critical_before_low(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    order: list[str] = []
+    registry = Registry()
+
+    @registry.handler("p")
+    async def p(payload: dict[str, Any], ctx: TaskContext) -> None:
+        order.append(ctx.priority)
+
+    producer = producer_for(settings)
+    for priority in ("low", "normal", "high", "critical"):
+        await producer.publish_many([_spec("p", priority) for _ in range(50)])
+    async with running_worker(settings.with_overrides(worker_count=1), registry):
+        await wait_for(lambda: len(order) == 200)
+    assert order == ["critical"] * 50 + ["high"] * 50 + ["normal"] * 50 + ["low"] * 50
+    await producer.aclose()
+
+
+async def test_weighted_mode_makes_progress_on_low(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    order: list[str] = []
+    registry = Registry()
+
+    @registry.handler("p")
+    async def p(payload: dict[str, Any], ctx: TaskContext) -> None:
+        order.append(ctx.priority)
+
+    producer = producer_for(settings)
+    for priority in ("critical", "low"):
+        await producer.publish_many([_spec("p", priority) for _ in range(200)])
+    weighted = settings.with_overrides(
+        worker_count=1, priority_mode="weighted", priority_weights=(4, 3, 2, 1)
+    )
+    async with running_worker(weighted, registry):
+        await wait_for(lambda: len(order) == 400)
+    first_half = order[:200]
+    # Strict mode would run all 200 critical first; weighted serves low about 1 in 5 times.
+    assert 10 < first_half.count("low") < 100
+    await producer.aclose()
+
+
+def _spec(task_type: str, priority: str, payload: dict[str, Any] | None = None) -> Any:
+    from streamworker import TaskSpec
+
+    return TaskSpec(task_type=task_type, payload=payload or {}, priority=priority)
+
+
+async def test_retry_backoff_grows_then_succeeds(settings: Settings, redis: aioredis.Redis) -> None:
+    runs: list[float] = []
+    registry = Registry()
+
+    @registry.handler("flaky")
+    async def flaky(payload: dict[str, Any], ctx: TaskContext) -> None:
+        runs.append(time.monotonic())
+        if ctx.attempt < 3:
+            raise RuntimeError("not yet")
+
+    s = settings.with_overrides(retry_base_seconds=0.3, retry_jitter="equal")
+    producer = producer_for(s)
+    task_id = await producer.publish("flaky", {})
+    async with running_worker(s, registry):
+        await wait_for(lambda: _state(producer, redis, task_id, "completed"))
+    assert len(runs) == 3
+    first_gap, second_gap = runs[1] - runs[0], runs[2] - runs[1]
+    # equal jitter: 1st wait in [0.15, 0.3] s, 2nd in [0.3, 0.6] s (plus promotion slack)
+    assert first_gap >= 0.15 and second_gap >= 0.3
+    assert second_gap > first_gap
+    status = await producer.status.read(redis, task_id)
+    assert status is not None and status.retry_count == 2
+    await producer.aclose()
+
+
+async def test_retry_after_is_honoured(settings: Settings, redis: aioredis.Redis) -> None:
+    runs: list[float] = []
+    registry = Registry()
+
+    @registry.handler("later")
+    async def later(payload: dict[str, Any], ctx: TaskContext) -> None:
+        runs.append(time.monotonic())
+        if ctx.attempt == 1:
+            raise Retry(after=0.8)
+
+    producer = producer_for(settings)
+    await producer.publish("later", {})
+    async with running_worker(settings, registry):
+        await wait_for(lambda: len(runs) == 2)
+    assert runs[1] - runs[0] >= 0.8
+    await producer.aclose()
+
+
+async def test_permanent_failure_goes_to_failed_tasks_at_once(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    runs = 0
+    registry = Registry()
+
+    @registry.handler("doomed")
+    async def doomed(payload: dict[str, Any], ctx: TaskContext) -> None:
+        nonlocal runs
+        runs += 1
+        raise PermanentError("recipient unknown")
+
+    producer = producer_for(settings)
+    task_id = await producer.publish("doomed", {"secret": "PHI-MARKER"})
+    async with running_worker(settings, registry):
+        await wait_for(lambda: _state(producer, redis, task_id, "failed"))
+    assert runs == 1
+    [entry] = await dead_letters(redis, settings)
+    assert entry["dlq_reason"] == "permanent_failure"
+    assert "PHI-MARKER" not in entry["dlq_error"]
+    await producer.aclose()
+
+
+async def test_exhausted_retries_dead_letter_with_provenance(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    runs = 0
+    registry = Registry()
+
+    @registry.handler("always_fails", max_retries=2)
+    async def always_fails(payload: dict[str, Any], ctx: TaskContext) -> None:
+        nonlocal runs
+        runs += 1
+        raise ValueError("boom with PHI-MARKER inside")
+
+    producer = producer_for(settings)
+    task_id = await producer.publish("always_fails", {"x": 1}, priority="high")
+    async with running_worker(settings, registry):
+        await wait_for(lambda: _state(producer, redis, task_id, "failed"))
+    assert runs == 3  # the first attempt and two retries
+    [entry] = await dead_letters(redis, settings)
+    for field in (
+        "task_type",
+        "payload",
+        "task_id",
+        "dlq_reason",
+        "dlq_error",
+        "source_stream",
+        "source_id",
+        "group",
+        "consumer",
+        "deliveries",
+        "failed_at",
+    ):
+        assert entry.get(field), field
+    assert entry["dlq_reason"] == "max_retries_exceeded"
+    assert entry["task_id"] == task_id and entry["retry_count"] == "2"
+    assert entry["source_stream"] == f"{settings.prefix}high_priority_tasks"
+    assert entry["group"] == settings.group and entry["consumer"] == settings.consumer
+    assert entry["dlq_error"] == "ValueError"  # the class, never the message
+    status = await producer.status.read(redis, task_id)
+    assert status is not None and status.last_error and "PHI-MARKER" not in status.last_error
+    await producer.aclose()
+
+
+async def test_timeout_cancels_the_handler_and_counts_as_an_attempt(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    attempts: list[int] = []
+    finished: list[int] = []
+    registry = Registry()
+
+    @registry.handler("slow", timeout_seconds=0.2, max_retries=1)
+    async def slow(payload: dict[str, Any], ctx: TaskContext) -> None:
+        attempts.append(ctx.attempt)
+        await anyio.sleep(30)
+        finished.append(ctx.attempt)
+
+    producer = producer_for(settings)
+    task_id = await producer.publish("slow", {})
+    async with running_worker(settings, registry):
+        await wait_for(lambda: _state(producer, redis, task_id, "failed"))
+    assert attempts == [1, 2] and finished == []
+    [entry] = await dead_letters(redis, settings)
+    assert entry["dlq_reason"] == "max_retries_exceeded"
+    assert "timed out" in entry["dlq_error"]
+    await producer.aclose()
+
+
+async def test_contract_violation_and_unknown_type_are_dead_lettered(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    registry = Registry()
+    ran: list[Note] = []
+
+    @registry.handler("note", contract=Note)
+    async def note(payload: Note, ctx: TaskContext) -> None:
+        ran.append(payload)
+
+    stream = f"{settings.prefix}normal_priority_tasks"
+    await redis.xadd(stream, {"task_type": "note", "payload": '{"text": 5}'})
+    await redis.xadd(stream, {"task_type": "nobody_handles_this", "payload": "{}"})
+    await redis.xadd(stream, {"task_type": "note", "payload": "[1,2]"})
+    await redis.xadd(stream, {"task_type": "note", "payload": '{"text": "ok"}'})
+    async with running_worker(settings, registry):
+        await wait_for(lambda: ran)
+        await wait_for(lambda: _count_dead(redis, settings, 3))
+    reasons = sorted(e["dlq_reason"] for e in await dead_letters(redis, settings))
+    assert reasons == ["contract_violation", "malformed", "unknown_task_type"]
+
+
+async def _count_dead(redis: aioredis.Redis, settings: Settings, n: int) -> bool:
+    return await redis.xlen(Keyspace(settings.prefix).dead_letters) == n
+
+
+async def test_producer_refuses_bad_tasks_before_writing(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    from streamworker import InvalidTask
+
+    registry = Registry()
+
+    @registry.handler("note", contract=Note)
+    async def note(payload: Note, ctx: TaskContext) -> None:
+        return None
+
+    producer = Producer.from_settings(
+        settings, contracts=registry.contracts, require_known_type=True
+    )
+    cases: list[tuple[str, Any, dict[str, Any], str]] = [
+        ("note", {"text": 1}, {}, "text"),
+        ("note", {"n": 1}, {}, "text"),
+        ("nope", {}, {}, "unknown task type"),
+        ("note", {"text": "a"}, {"priority": "urgent"}, "priority"),
+        ("note", {"text": "a"}, {"max_retries": -1}, "max_retries"),
+        ("note", {"text": "a"}, {"timeout_seconds": 0}, "timeout_seconds"),
+        ("note", {"text": "a"}, {"scheduled_for": "soon"}, "scheduled_for"),
+        ("note", {"text": "a"}, {"delay": 1, "scheduled_for": "2030-01-01T00:00:00Z"}, "either"),
+        ("note", {"text": "x" * 2_000_000}, {}, "limit"),
+    ]
+    for task_type, payload, options, needle in cases:
+        with pytest.raises(InvalidTask, match=needle):
+            await producer.publish(task_type, payload, **options)
+    keys = Keyspace(settings.prefix)
+    assert sum([await redis.xlen(f.stream) for f in keys.families]) == 0
+    await producer.aclose()
+
+
+async def test_idempotency_key_publishes_once(settings: Settings, redis: aioredis.Redis) -> None:
+    producer = producer_for(settings)
+    ids = []
+    async with anyio.create_task_group() as tg:
+
+        async def go() -> None:
+            ids.append(await producer.publish("x", {}, idempotency_key="order-42"))
+
+        for _ in range(10):
+            tg.start_soon(go)
+    assert len(set(ids)) == 1
+    assert await redis.xlen(f"{settings.prefix}normal_priority_tasks") == 1
+    await producer.aclose()
