@@ -7,8 +7,10 @@ A test that cannot get its server fails loudly: the fixture raises, nothing is s
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -117,11 +119,52 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_worker_process(settings: Settings, *args: str, **env: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "streamworker", "worker", *args],
-        env=worker_env(settings, **env),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+class WorkerProcess:
+    """A ``streamworker worker`` subprocess; its stderr goes to a temporary file."""
+
+    def __init__(self, settings: Settings, args: tuple[str, ...], env: dict[str, str]) -> None:
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamworker", "worker", *args],
+            env=worker_env(settings, **env),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+        )
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def terminate(self, timeout: float = 30) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def close(self) -> None:
+        self.kill()
+        self.log.close()
+
+
+@pytest.fixture
+def worker_processes() -> Iterator[list[WorkerProcess]]:
+    """Collects the worker subprocesses a test starts and makes sure none outlives it."""
+    started: list[WorkerProcess] = []
+    yield started
+    for process in started:
+        process.close()
+
+
+def start_worker_process(
+    settings: Settings, *args: str, registry: list[WorkerProcess] | None = None, **env: str
+) -> WorkerProcess:
+    process = WorkerProcess(settings, args, env)
+    if registry is not None:
+        registry.append(process)
+    return process

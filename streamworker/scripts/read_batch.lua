@@ -16,6 +16,8 @@ for pass = 1, 2 do
     local want = remaining
     if pass == 1 then
       want = math.min(remaining, tonumber(ARGV[2 + 2 * i]))
+    elseif ARGV[3 + 2 * i] ~= '>' then
+      want = 0  -- a pending-list walk: pass 1 already took what there is after the cursor
     end
     if want > 0 then
       local res = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want,
