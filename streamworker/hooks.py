@@ -53,7 +53,8 @@ class TaskHook(Protocol):
         """Called just before the handler runs; the return value is passed to ``after``."""
 
     def after(self, task: Task, token: Any, end: TaskEnd) -> None:
-        """Called once the outcome is settled in Redis."""
+        """Called once the outcome is decided: retries and dead letters are already written;
+        a completion's ack may still be waiting in the acker's next batch."""
 
     def rejected(self, rejected: Rejected, priority: str) -> None:
         """Called when an entry is dead-lettered before any handler ran (bad input)."""

@@ -41,6 +41,7 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else default_registry
+        self._owns_redis = redis is None
         self.redis = redis or connect(settings.require_redis_url())
         self.keys = Keyspace(settings.prefix)
         status = StatusStore(
@@ -111,7 +112,8 @@ class Worker:
             with anyio.move_on_after(10):
                 await self.acker.finished.wait()
             services.cancel_scope.cancel()
-        await self.redis.aclose()
+        if self._owns_redis:
+            await self.redis.aclose()
         log.info("worker_stopped", extra={"consumer": self.settings.consumer})
 
     async def _prepare(self) -> None:
