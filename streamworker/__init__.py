@@ -4,7 +4,7 @@ The public surface is what ``__all__`` lists; everything else may change.
 """
 
 from .context import TaskContext
-from .errors import InvalidTask, PermanentError, Retry, RetryableError, StreamworkerError
+from .errors import Defer, InvalidTask, PermanentError, Retry, RetryableError, StreamworkerError
 from .keyspace import PRIORITIES, Keyspace
 from .producer import Producer, SyncProducer, TaskSpec
 from .registry import Registry, handler
@@ -14,6 +14,7 @@ from .worker import Worker
 __all__ = [
     "PRIORITIES",
     "ConfigError",
+    "Defer",
     "InvalidTask",
     "Keyspace",
     "PermanentError",

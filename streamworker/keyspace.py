@@ -72,3 +72,40 @@ class Keyspace:
     @property
     def notification_outbox(self) -> str:
         return self._key("notification_outbox")
+
+    def cancelled(self, task_id: str) -> str:
+        """Marker set by a cancel; the worker skips an entry whose marker exists."""
+        return self._key(f"cancelled:{task_id}")
+
+    def done(self, scope: str, task_id: str) -> str:
+        """Consumer-side idempotency: a side effect ``scope`` of ``task_id`` already happened."""
+        return self._key(f"done:{scope}:{task_id}")
+
+    # -- scheduler ------------------------------------------------------------------------
+
+    @property
+    def scheduler_leader(self) -> str:
+        return self._key("scheduler:leader")
+
+    @property
+    def scheduler_state(self) -> str:
+        """Hash: per schedule name, last fire time, paused flag and so on."""
+        return self._key("scheduler:state")
+
+    def schedule_fire(self, name: str, fire_at: int) -> str:
+        """Set NX before an occurrence is published, so it is published once."""
+        return self._key(f"scheduler:fired:{name}:{fire_at}")
+
+    # -- resilience around external services ----------------------------------------------
+
+    def breaker(self, name: str) -> str:
+        return self._key(f"breaker:{name}")
+
+    def rate_limit(self, name: str) -> str:
+        return self._key(f"ratelimit:{name}")
+
+    # -- observability --------------------------------------------------------------------
+
+    @property
+    def audit_events(self) -> str:
+        return self._key("audit_events")

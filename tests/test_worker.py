@@ -10,7 +10,7 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from streamworker import PermanentError, Producer, Registry, Retry, Settings, TaskContext
+from streamworker import Defer, PermanentError, Producer, Registry, Retry, Settings, TaskContext
 from streamworker.keyspace import Keyspace
 from tests.conftest import running_worker, wait_for
 
@@ -190,6 +190,34 @@ async def test_retry_after_is_honoured(settings: Settings, redis: aioredis.Redis
         await wait_for(lambda: len(runs) == 2)
     assert runs[1] - runs[0] >= 0.8
     await producer.aclose()
+
+
+async def test_defer_postpones_without_using_a_retry(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    attempts: list[int] = []
+    registry = Registry()
+
+    @registry.handler("breaker_open", max_retries=0)
+    async def breaker_open(payload: dict[str, Any], ctx: TaskContext) -> None:
+        attempts.append(ctx.attempt)
+        if len(attempts) < 4:
+            raise Defer(after=0.05, reason="circuit open")
+
+    producer = producer_for(settings)
+    task_id = await producer.publish("breaker_open", {})
+    async with running_worker(settings, registry):
+        await wait_for(lambda: len(attempts) == 4)
+        await wait_for(lambda: _status_is(producer, redis, task_id, "completed"))
+    # Deferred three times with max_retries=0, yet never dead-lettered: no retry was used.
+    assert attempts == [1, 1, 1, 1]
+    assert await dead_letters(redis, settings) == []
+    await producer.aclose()
+
+
+async def _status_is(producer: Producer, redis: aioredis.Redis, task_id: str, state: str) -> bool:
+    status = await producer.status.read(redis, task_id)
+    return status is not None and status.status == state
 
 
 async def test_permanent_failure_goes_to_failed_tasks_at_once(

@@ -16,7 +16,7 @@ import msgspec
 
 from ..broker import Broker, StatusWrite
 from ..context import Outbox, TaskContext
-from ..errors import PermanentError, Retry, StreamworkerError
+from ..errors import Defer, PermanentError, Retry, StreamworkerError
 from ..hooks import Outcome, TaskEnd, TaskHooks
 from ..registry import Registry, is_json_object
 from ..settings import Settings
@@ -154,6 +154,18 @@ class Runner:
                 {"completed_at": format_time(time.time())} if self._status else {},
             )
             end = TaskEnd(Outcome.COMPLETED, duration)
+        elif isinstance(error, Defer):
+            await self._defer(delivery, task, time.time() + error.after)
+            log.info(
+                "task_deferred",
+                extra={
+                    "task_id": task.task_id,
+                    "task_type": task.task_type,
+                    "retry_in_ms": round(error.after * 1000),
+                    "reason": str(error)[:100],
+                },
+            )
+            end = TaskEnd(Outcome.DEFERRED, duration, error, retry_in=error.after)
         elif isinstance(error, PermanentError):
             end = await self._fail(delivery, task, "permanent_failure", error, duration)
         elif task.retry_count >= max_retries:
@@ -263,9 +275,11 @@ class Runner:
             extra={"task_id": task_id, "task_type": task_type, "dlq_reason": reason},
         )
 
-    async def _defer(self, delivery: Delivery, task: Task) -> None:
-        """An entry that is not due yet (raw XADD with a future scheduled_for): park it."""
-        due = task.scheduled_for or 0.0
+    async def _defer(self, delivery: Delivery, task: Task, due: float | None = None) -> None:
+        """Park the entry until ``due`` (default: its own ``scheduled_for``, for a raw XADD
+        that is not due yet), keeping its retry count."""
+        if due is None:
+            due = task.scheduled_for or 0.0
         fields: dict[Any, Any] = dict(delivery.fields)
         fields[b"task_id"] = task.task_id
         write: StatusWrite = (
