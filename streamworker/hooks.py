@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from .wire import Rejected, Task
 
-__all__ = ["Outcome", "ProducerHook", "TaskEnd", "TaskHook", "TaskHooks"]
+__all__ = ["Outcome", "ProducerHook", "TaskEnd", "TaskHook", "TaskHooks", "WorkerEvent"]
 
 log = logging.getLogger("streamworker.hooks")
 
@@ -59,6 +59,22 @@ class TaskHook(Protocol):
     def rejected(self, rejected: Rejected, priority: str) -> None:
         """Called when an entry is dead-lettered before any handler ran (bad input)."""
 
+    # Optional: a hook that defines ``event(self, event: WorkerEvent, priority: str | None,
+    # count: int) -> None`` also receives worker-level events (see ``TaskHooks.event``).
+
+
+class WorkerEvent(enum.StrEnum):
+    """Worker-level happenings that are not one task's run (for metrics and logs)."""
+
+    RECLAIMED = "reclaimed"  # entries taken over from a stale consumer (XAUTOCLAIM)
+    LEASE_RENEWED = "lease_renewed"  # a running task's idle time reset
+    REAPED = "reaped"  # entries over MAX_DELIVERIES moved to the dead-letter stream
+    DELETED_PENDING = "deleted_pending"  # pending entries whose stream entry was gone
+    CANCELLED = "cancelled"  # entries skipped because their task was cancelled
+    CONSUMER_REMOVED = "consumer_removed"  # idle consumers with nothing pending deleted
+    REDIS_ERROR = "redis_error"  # a Redis call failed (and will be retried)
+    REDIS_RECONNECTED = "redis_reconnected"  # Redis answered again after errors
+
 
 class ProducerHook(Protocol):
     def before_publish(self, task_type: str, stream: str, fields: MutableMapping[str, Any]) -> Any:
@@ -93,6 +109,16 @@ class TaskHooks:
         for hook, token in zip(reversed(self._hooks), reversed(tokens), strict=True):
             try:
                 hook.after(task, token, end)
+            except Exception:
+                log.exception("hook_failed", extra={"hook": type(hook).__name__})
+
+    def event(self, event: WorkerEvent, priority: str | None = None, count: int = 1) -> None:
+        for hook in self._hooks:
+            handle = getattr(hook, "event", None)
+            if handle is None:
+                continue
+            try:
+                handle(event, priority, count)
             except Exception:
                 log.exception("hook_failed", extra={"hook": type(hook).__name__})
 
