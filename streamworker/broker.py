@@ -8,6 +8,7 @@ hold only idempotent commands besides them: after a Redis restart the scripts ar
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
@@ -20,9 +21,21 @@ from .keyspace import Keyspace, StreamFamily
 from .status import StatusStore
 from .wire import Delivery, Fields, pack_fields
 
-__all__ = ["Broker", "StatusWrite", "connect"]
+__all__ = ["Broker", "ReplayReply", "StatusWrite", "connect"]
 
-_SCRIPTS = ("read_batch", "retry", "dead_letter", "promote_due", "publish_once")
+log = logging.getLogger("streamworker.broker")
+
+_SCRIPTS = ("read_batch", "retry", "dead_letter", "promote_due", "publish_once", "replay")
+
+#: Share of DEAD_LETTER_MAX_LENGTH past which ``dead_letters_near_capacity`` is logged.
+DEAD_LETTER_WARN_RATIO = 0.9
+#: At most one near-capacity warning per this many seconds and process.
+_NEAR_CAPACITY_EVERY = 60.0
+#: Trims are logged at once, then at most once per this many seconds with the count since.
+_TRIMMED_EVERY = 10.0
+
+#: replay.lua's answer: ("replayed", new id, task id) | ("gone", "", "") | ("mismatch", src, "")
+ReplayReply = tuple[str, str, str]
 
 #: (task_id, state, extra fields) to write with the next round trip.
 StatusWrite = tuple[str, str, Mapping[str, str | int | None]]
@@ -67,6 +80,10 @@ class Broker:
             for name in _SCRIPTS
         }
         self._sha: dict[str, str] = {}
+        self.dead_letters_trimmed = 0  # total entries the cap has dropped (for metrics)
+        self._trimmed_unlogged = 0
+        self._trimmed_logged_at = -_TRIMMED_EVERY
+        self._near_capacity_logged_at = -_NEAR_CAPACITY_EVERY
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -218,7 +235,64 @@ class Broker:
                 self.status.write(pipe, write[0], write[1], **write[2])
 
         results = await self._run_pipeline(build)
-        return results[0] or None
+        if not results[0]:
+            return None
+        entry_id, length, trimmed = results[0]
+        self._watch_dead_letter_cap(int(length), int(trimmed))
+        return bytes(entry_id)
+
+    def _watch_dead_letter_cap(self, length: int, trimmed: int) -> None:
+        """Report the capped dead-letter stream filling up, and every entry the cap dropped.
+
+        Throttled per process so a burst of failures cannot flood the log; the counts are
+        carried over, so each dropped entry is counted in some ``dead_letters_trimmed`` line
+        (or in ``dead_letters_trimmed`` on the broker until the next one)."""
+        cap = self._dead_letter_maxlen
+        if cap <= 0:
+            return
+        now = time.monotonic()
+        if trimmed > 0:
+            self.dead_letters_trimmed += trimmed
+            self._trimmed_unlogged += trimmed
+            if now - self._trimmed_logged_at >= _TRIMMED_EVERY:
+                log.warning(
+                    "dead_letters_trimmed",
+                    extra={
+                        "trimmed": self._trimmed_unlogged,
+                        "trimmed_total": self.dead_letters_trimmed,
+                        "size": length,
+                        "cap": cap,
+                    },
+                )
+                self._trimmed_unlogged = 0
+                self._trimmed_logged_at = now
+        elif (
+            length >= DEAD_LETTER_WARN_RATIO * cap
+            and now - self._near_capacity_logged_at >= _NEAR_CAPACITY_EVERY
+        ):
+            log.warning("dead_letters_near_capacity", extra={"size": length, "cap": cap})
+            self._near_capacity_logged_at = now
+
+    async def replay_dead_letters(
+        self, items: Sequence[tuple[StreamFamily, str]]
+    ) -> list[ReplayReply | Exception]:
+        """Run replay.lua for each (target family, dead-letter id), pipelined: one round trip.
+
+        Each entry is replayed atomically on its own; one entry's error does not stop the
+        others. Sending the pipeline again after NOSCRIPT is safe: an entry already replayed
+        answers 'gone'."""
+        if not self._sha:
+            await self.load_scripts()
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=False)
+            for family, entry_id in items:
+                self._evalsha(pipe, "replay", [family.dead_letters, family.stream], [entry_id])
+            raw: list[Any] = await pipe.execute(raise_on_error=False)
+            if attempt == 1 and any(isinstance(r, NoScriptError) for r in raw):
+                await self.load_scripts()
+                continue
+            return [r if isinstance(r, Exception) else _replay_reply(r) for r in raw]
+        raise AssertionError("unreachable")
 
     async def ack_deleted(self, delivery: Delivery) -> None:
         """A pending entry whose stream entry is gone: nothing to run, just acknowledge it."""
@@ -256,3 +330,9 @@ class Broker:
         )
         existing, fresh = reply
         return (existing.decode() if isinstance(existing, bytes) else str(existing)), bool(fresh)
+
+
+def _replay_reply(raw: Sequence[Any]) -> ReplayReply:
+    texts = [x.decode() if isinstance(x, bytes) else str(x) for x in raw]
+    texts += [""] * (3 - len(texts))
+    return texts[0], texts[1], texts[2]

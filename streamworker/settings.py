@@ -64,6 +64,7 @@ class Settings:
     read_block_ms: int = 1000
     idempotency_ttl_seconds: int = 86400
     track_status: bool = True
+    dead_letter_max_length: int = 100000  # 0 = unbounded
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -236,4 +237,5 @@ _VARIABLES: tuple[_Var, ...] = (
     _Var("READ_BLOCK_MS", "read_block_ms", _int(1, 60000)),
     _Var("IDEMPOTENCY_TTL_SECONDS", "idempotency_ttl_seconds", _int(1)),
     _Var("TRACK_STATUS", "track_status", _bool),
+    _Var("DEAD_LETTER_MAX_LENGTH", "dead_letter_max_length", _int(0)),
 )

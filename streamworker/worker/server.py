@@ -47,7 +47,13 @@ class Worker:
         status = StatusStore(
             self.keys, settings.completed_ttl_seconds, enabled=settings.track_status
         )
-        self.broker = Broker(self.redis, self.keys, settings.group, status=status)
+        self.broker = Broker(
+            self.redis,
+            self.keys,
+            settings.group,
+            status=status,
+            dead_letter_maxlen=settings.dead_letter_max_length,
+        )
         self.concurrency = concurrency or settings.worker_count
         self.slots = Slots(self.concurrency)
         self.acker = Acker(self.broker, capacity=4 * self.concurrency + 64)

@@ -1,0 +1,447 @@
+"""The dead-letter stream as a service: list, show, replay, purge (CONTRACT.md §4).
+
+One module used by every front end (the ``dlq`` commands, the HTTP API), so they cannot
+disagree about what an entry is or what replay does.
+
+- Listing is newest first (the failure you are chasing is usually the latest) and pages by
+  entry id: pass the ``next_cursor`` of one page as ``after`` to get the next.
+- Listed entries never carry the payload; only :meth:`DeadLetters.get` returns it, for the
+  developer's own inspection (``dlq show``). Nothing here logs a payload or an error text.
+- Replay goes oldest first, one atomic ``replay.lua`` call per entry (pipelined in chunks):
+  the original fields go back on their source stream with ``retry_count`` 0 and
+  ``replayed_from`` set, and the dead letter is removed in the same step. An entry that is
+  gone, or whose source is not one of our priority streams, is refused and left as it was.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Literal
+
+import anyio
+import msgspec
+import redis.asyncio as aioredis
+
+from .broker import Broker, connect
+from .keyspace import Keyspace, StreamFamily
+from .settings import Settings
+from .status import StatusStore
+from .wire import Fields
+
+__all__ = [
+    "DeadLetter",
+    "DeadLetterDetail",
+    "DeadLetterPage",
+    "DeadLetters",
+    "InvalidDeadLetterId",
+    "ReplayItem",
+    "ReplaySummary",
+]
+
+log = logging.getLogger("streamworker.deadletters")
+
+_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+#: Fields the dead-letter step adds; ``show`` lists them apart from the original fields.
+PROVENANCE_FIELDS = frozenset(
+    {
+        "dlq_reason",
+        "dlq_error",
+        "source_stream",
+        "source_id",
+        "group",
+        "consumer",
+        "deliveries",
+        "failed_at",
+    }
+)
+_SCAN_BATCH = 200
+_REPLAY_CHUNK = 100
+
+ReplayOutcome = Literal["replayed", "would_replay", "failed", "skipped"]
+Progress = Callable[[int, int], None]  # (entries done, entries matched)
+
+
+class InvalidDeadLetterId(ValueError):
+    """Not a stream entry id (``<ms>-<seq>``)."""
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """One dead-letter entry, decoded; never the payload."""
+
+    id: str
+    task_id: str | None
+    task_type: str | None
+    reason: str | None
+    error: str | None
+    source_stream: str | None
+    priority: str | None  # from the source stream; None when it is not one of ours
+    source_id: str | None
+    consumer: str | None
+    deliveries: int | None
+    retry_count: int | None
+    replayed_from: str | None  # set when this task had been replayed before and failed again
+    failed_at: str | None
+    age_seconds: float
+
+
+class DeadLetterDetail(DeadLetter, frozen=True, kw_only=True):
+    """``dlq show``: the entry plus its payload and every other original field."""
+
+    payload: str | None
+    fields: dict[str, str]
+
+
+class DeadLetterPage(msgspec.Struct, frozen=True, kw_only=True):
+    entries: list[DeadLetter]
+    next_cursor: str | None  # pass as ``after`` for the next (older) page; None at the end
+
+
+class ReplayItem(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    task_id: str | None
+    outcome: ReplayOutcome
+    new_id: str | None = None  # the entry id on the source stream
+    detail: str | None = None  # why it failed or was skipped
+
+
+class ReplaySummary(msgspec.Struct, kw_only=True):
+    dry_run: bool
+    matched: int = 0
+    replayed: int = 0
+    would_replay: int = 0
+    failed: int = 0
+    skipped: int = 0
+    items: list[ReplayItem] = msgspec.field(default_factory=list)
+
+    def add(self, item: ReplayItem) -> None:
+        self.items.append(item)
+        if item.outcome == "replayed":
+            self.replayed += 1
+        elif item.outcome == "would_replay":
+            self.would_replay += 1
+        elif item.outcome == "failed":
+            self.failed += 1
+        else:
+            self.skipped += 1
+
+
+def check_id(entry_id: str) -> str:
+    if not _ID.match(entry_id):
+        raise InvalidDeadLetterId(
+            f"{entry_id!r} is not a dead-letter id (expected <milliseconds>-<sequence>, "
+            "e.g. 1700000000000-0)"
+        )
+    return entry_id
+
+
+def _text(raw: bytes | None) -> str | None:
+    # backslashreplace: a malformed entry can hold any bytes; show them, do not fail on them
+    return None if raw is None else raw.decode("utf-8", "backslashreplace")
+
+
+def _int(raw: bytes | None) -> int | None:
+    try:
+        return None if raw is None else int(raw)
+    except ValueError:
+        return None
+
+
+def _id_seconds(entry_id: str) -> float:
+    return int(entry_id.split("-", 1)[0]) / 1000.0
+
+
+class DeadLetters:
+    """list / get / replay / purge / size over one deployment's ``failed_tasks``."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keyspace,
+        group: str,
+        *,
+        status: StatusStore | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.status = status or StatusStore(keys, 172800, enabled=False)
+        self._broker = Broker(redis, keys, group, status=self.status)
+        self._families = {f.stream: f for f in keys.families}
+        self._clock = clock
+        self._sleep = sleep  # a test clock can stand in for both
+
+    @classmethod
+    def from_settings(cls, settings: Settings, redis: aioredis.Redis | None = None) -> DeadLetters:
+        keys = Keyspace(settings.prefix)
+        status = StatusStore(keys, settings.completed_ttl_seconds, enabled=settings.track_status)
+        return cls(
+            redis or connect(settings.require_redis_url()), keys, settings.group, status=status
+        )
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def size(self) -> int:
+        return int(await self.redis.xlen(self.keys.dead_letters))
+
+    async def list(
+        self,
+        *,
+        task_type: str | None = None,
+        reason: str | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> DeadLetterPage:
+        """Up to ``limit`` entries, newest first, older than the cursor ``after`` if given."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        entries: builtins.list[DeadLetter] = []
+        cursor = f"({check_id(after)}" if after else "+"
+        now = self._clock()
+        while True:
+            batch: Any = await self.redis.xrevrange(
+                self.keys.dead_letters, max=cursor, min="-", count=_SCAN_BATCH
+            )
+            for raw_id, fields in batch:
+                entry = self._decode(raw_id.decode(), fields, now)
+                cursor = f"({entry.id}"
+                if (task_type is None or entry.task_type == task_type) and (
+                    reason is None or entry.reason == reason
+                ):
+                    entries.append(entry)
+                    if len(entries) == limit:
+                        return DeadLetterPage(entries=entries, next_cursor=entry.id)
+            if len(batch) < _SCAN_BATCH:
+                return DeadLetterPage(entries=entries, next_cursor=None)
+
+    async def get(self, entry_id: str) -> DeadLetterDetail | None:
+        """The entry with its payload and all its fields, or None when there is no such entry."""
+        found: Any = await self.redis.xrange(
+            self.keys.dead_letters, min=check_id(entry_id), max=entry_id, count=1
+        )
+        if not found:
+            return None
+        raw_id, fields = found[0]
+        entry = self._decode(raw_id.decode(), fields, self._clock())
+        others = {
+            k.decode("utf-8", "backslashreplace"): _text(v) or ""
+            for k, v in fields.items()
+            if k != b"payload" and k.decode("utf-8", "replace") not in PROVENANCE_FIELDS
+        }
+        return DeadLetterDetail(
+            **{f: getattr(entry, f) for f in entry.__struct_fields__},
+            payload=_text(fields.get(b"payload")),
+            fields=others,
+        )
+
+    def _decode(self, entry_id: str, fields: Fields, now: float) -> DeadLetter:
+        source = _text(fields.get(b"source_stream"))
+        family = self._families.get(source) if source else None
+        return DeadLetter(
+            id=entry_id,
+            task_id=_text(fields.get(b"task_id")),
+            task_type=_text(fields.get(b"task_type")),
+            reason=_text(fields.get(b"dlq_reason")),
+            error=_text(fields.get(b"dlq_error")),
+            source_stream=source,
+            priority=family.priority if family else None,
+            source_id=_text(fields.get(b"source_id")),
+            consumer=_text(fields.get(b"consumer")),
+            deliveries=_int(fields.get(b"deliveries")),
+            retry_count=_int(fields.get(b"retry_count")),
+            replayed_from=_text(fields.get(b"replayed_from")),
+            failed_at=_text(fields.get(b"failed_at")),
+            age_seconds=round(max(0.0, now - _id_seconds(entry_id)), 3),
+        )
+
+    # -- replay -----------------------------------------------------------------------------
+
+    async def replay(
+        self,
+        *,
+        ids: Sequence[str] | None = None,
+        task_type: str | None = None,
+        reason: str | None = None,
+        all: bool = False,
+        dry_run: bool = False,
+        rate_per_second: float | None = None,
+        progress: Progress | None = None,
+    ) -> ReplaySummary:
+        """Replay the chosen entries: ``ids``, or those matching ``task_type`` and/or
+        ``reason``, or ``all``. ``dry_run`` checks and counts without changing anything.
+        ``rate_per_second`` paces the replay so a large backlog does not flood the workers."""
+        chosen = sum((ids is not None, task_type is not None or reason is not None, all))
+        if chosen != 1:
+            raise ValueError("choose exactly one of: ids, task_type/reason, all")
+        if rate_per_second is not None and not rate_per_second > 0:
+            raise ValueError("rate_per_second must be > 0")
+        summary = ReplaySummary(dry_run=dry_run)
+        if ids is not None:
+            wanted = list(dict.fromkeys(check_id(i) for i in ids))
+            selected, missing = await self._fetch(wanted)
+            summary.matched = len(wanted)
+            for entry_id in missing:
+                summary.add(
+                    ReplayItem(id=entry_id, task_id=None, outcome="failed", detail="not_found")
+                )
+        else:
+            selected = await self._select(task_type, reason)
+            summary.matched = len(selected)
+        done = len(summary.items)
+        if progress:
+            progress(done, summary.matched)
+
+        chunk = _REPLAY_CHUNK
+        if rate_per_second is not None:
+            # ~10 chunks a second at most, so the pacing is smooth at any rate
+            chunk = max(1, min(_REPLAY_CHUNK, int(rate_per_second / 10)))
+        started = self._clock()
+        sent = 0
+        for start in range(0, len(selected), chunk):
+            part = selected[start : start + chunk]
+            if rate_per_second is not None and sent:
+                wait = started + sent / rate_per_second - self._clock()
+                if wait > 0:
+                    await self._sleep(wait)
+            await self._replay_chunk(part, summary, dry_run)
+            sent += len(part)
+            if progress:
+                progress(len(summary.items), summary.matched)
+        if not dry_run:
+            log.info(
+                "dead_letters_replayed",
+                extra={
+                    "matched": summary.matched,
+                    "replayed": summary.replayed,
+                    "failed": summary.failed,
+                    "skipped": summary.skipped,
+                },
+            )
+        return summary
+
+    async def _fetch(
+        self, wanted: Sequence[str]
+    ) -> tuple[builtins.list[DeadLetter], builtins.list[str]]:
+        pipe = self.redis.pipeline(transaction=False)
+        for entry_id in wanted:
+            pipe.xrange(self.keys.dead_letters, min=entry_id, max=entry_id, count=1)
+        replies: list[Any] = await pipe.execute()
+        now = self._clock()
+        found: builtins.list[DeadLetter] = []
+        missing: builtins.list[str] = []
+        for entry_id, reply in zip(wanted, replies, strict=True):
+            if reply:
+                found.append(self._decode(entry_id, reply[0][1], now))
+            else:
+                missing.append(entry_id)
+        return found, missing
+
+    async def _select(self, task_type: str | None, reason: str | None) -> builtins.list[DeadLetter]:
+        """Every matching entry, oldest first (so replays keep their original order)."""
+        out: builtins.list[DeadLetter] = []
+        cursor = "-"
+        now = self._clock()
+        while True:
+            batch: Any = await self.redis.xrange(
+                self.keys.dead_letters, min=cursor, max="+", count=_SCAN_BATCH
+            )
+            for raw_id, fields in batch:
+                entry = self._decode(raw_id.decode(), fields, now)
+                cursor = f"({entry.id}"
+                if (task_type is None or entry.task_type == task_type) and (
+                    reason is None or entry.reason == reason
+                ):
+                    out.append(entry)
+            if len(batch) < _SCAN_BATCH:
+                return out
+
+    async def _replay_chunk(
+        self, entries: Sequence[DeadLetter], summary: ReplaySummary, dry_run: bool
+    ) -> None:
+        targets: builtins.list[tuple[DeadLetter, StreamFamily]] = []
+        for entry in entries:
+            family = self._families.get(entry.source_stream or "")
+            if family is None:
+                summary.add(
+                    ReplayItem(
+                        id=entry.id,
+                        task_id=entry.task_id,
+                        outcome="failed",
+                        detail="unknown_source_stream"
+                        if entry.source_stream
+                        else "missing_source_stream",
+                    )
+                )
+            elif dry_run:
+                summary.add(ReplayItem(id=entry.id, task_id=entry.task_id, outcome="would_replay"))
+            else:
+                targets.append((entry, family))
+        if not targets:
+            return
+        replies = await self._broker.replay_dead_letters([(f, e.id) for e, f in targets])
+        requeued: builtins.list[tuple[str, StreamFamily, DeadLetter]] = []
+        for (entry, family), reply in zip(targets, replies, strict=True):
+            if isinstance(reply, Exception):
+                item = ReplayItem(
+                    id=entry.id,
+                    task_id=entry.task_id,
+                    outcome="failed",
+                    detail=f"redis_error: {type(reply).__name__}",
+                )
+            elif reply[0] == "replayed":
+                item = ReplayItem(
+                    id=entry.id, task_id=entry.task_id, outcome="replayed", new_id=reply[1]
+                )
+                if reply[2]:
+                    requeued.append((reply[2], family, entry))
+            elif reply[0] == "gone":
+                # selected a moment ago, removed since (replayed or purged by someone else)
+                item = ReplayItem(
+                    id=entry.id, task_id=entry.task_id, outcome="skipped", detail="gone"
+                )
+            else:
+                item = ReplayItem(
+                    id=entry.id, task_id=entry.task_id, outcome="failed", detail="source_mismatch"
+                )
+            summary.add(item)
+        await self._mark_queued(requeued)
+
+    async def _mark_queued(self, requeued: Iterable[tuple[str, StreamFamily, DeadLetter]]) -> None:
+        """Status back to ``queued`` for the replayed tasks: one pipeline per chunk."""
+        if not self.status.enabled:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id, family, entry in requeued:
+            # the failed run's times no longer describe this task; last_error stays as history
+            pipe.hdel(self.keys.status(task_id), "started_at", "completed_at")
+            self.status.write(
+                pipe,
+                task_id,
+                "queued",
+                task_type=entry.task_type,
+                priority=family.priority,
+                retry_count=0,
+            )
+        if len(pipe):
+            await pipe.execute()
+
+    # -- purge ------------------------------------------------------------------------------
+
+    async def purge(self, older_than_seconds: float | None = None) -> int:
+        """Delete dead letters older than ``older_than_seconds`` (all when None); returns how
+        many. Age is by entry id, i.e. by the Redis server's clock when it was dead-lettered."""
+        if older_than_seconds is None:
+            return int(await self.redis.xtrim(self.keys.dead_letters, maxlen=0, approximate=False))
+        if older_than_seconds < 0:
+            raise ValueError("older_than_seconds must be >= 0")
+        seconds, micros = await self.redis.time()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        min_id = max(0, now_ms - int(older_than_seconds * 1000))
+        return int(await self.redis.xtrim(self.keys.dead_letters, minid=min_id, approximate=False))
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
