@@ -97,6 +97,7 @@ class DeadLetterDetail(DeadLetter, frozen=True, kw_only=True):
 
 class DeadLetterPage(msgspec.Struct, frozen=True, kw_only=True):
     entries: list[DeadLetter]
+    total: int  # entries in failed_tasks, whatever the filters
     next_cursor: str | None  # pass as ``after`` for the next (older) page; None at the end
 
 
@@ -166,8 +167,10 @@ class DeadLetters:
         status: StatusStore | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        owns_redis: bool = False,
     ) -> None:
         self.redis = redis
+        self._owns_redis = owns_redis  # a client passed in (e.g. the API's) stays open
         self.keys = keys
         self.status = status or StatusStore(keys, 172800, enabled=False)
         self._broker = Broker(redis, keys, group, status=self.status)
@@ -177,10 +180,16 @@ class DeadLetters:
 
     @classmethod
     def from_settings(cls, settings: Settings, redis: aioredis.Redis | None = None) -> DeadLetters:
+        """The service for one deployment; it opens (and :meth:`aclose` closes) its own client
+        unless ``redis`` is given."""
         keys = Keyspace(settings.prefix)
         status = StatusStore(keys, settings.completed_ttl_seconds, enabled=settings.track_status)
         return cls(
-            redis or connect(settings.require_redis_url()), keys, settings.group, status=status
+            redis or connect(settings.require_redis_url()),
+            keys,
+            settings.group,
+            status=status,
+            owns_redis=redis is None,
         )
 
     # -- reading ----------------------------------------------------------------------------
@@ -202,6 +211,7 @@ class DeadLetters:
         entries: builtins.list[DeadLetter] = []
         cursor = f"({check_id(after)}" if after else "+"
         now = self._clock()
+        total = await self.size()
         while True:
             batch: Any = await self.redis.xrevrange(
                 self.keys.dead_letters, max=cursor, min="-", count=_SCAN_BATCH
@@ -214,9 +224,9 @@ class DeadLetters:
                 ):
                     entries.append(entry)
                     if len(entries) == limit:
-                        return DeadLetterPage(entries=entries, next_cursor=entry.id)
+                        return DeadLetterPage(entries=entries, total=total, next_cursor=entry.id)
             if len(batch) < _SCAN_BATCH:
-                return DeadLetterPage(entries=entries, next_cursor=None)
+                return DeadLetterPage(entries=entries, total=total, next_cursor=None)
 
     async def get(self, entry_id: str) -> DeadLetterDetail | None:
         """The entry with its payload and all its fields, or None when there is no such entry."""
@@ -444,4 +454,5 @@ class DeadLetters:
         return int(await self.redis.xtrim(self.keys.dead_letters, minid=min_id, approximate=False))
 
     async def aclose(self) -> None:
-        await self.redis.aclose()
+        if self._owns_redis:
+            await self.redis.aclose()

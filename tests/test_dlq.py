@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -20,7 +23,7 @@ from streamworker.deadletters import DeadLetters, InvalidDeadLetterId
 from streamworker.keyspace import Keyspace
 from streamworker.settings import ConfigError
 from streamworker.status import StatusStore
-from tests.conftest import running_worker, wait_for, worker_env
+from tests.conftest import ROOT, running_worker, wait_for, worker_env
 
 pytestmark = pytest.mark.anyio
 
@@ -89,7 +92,7 @@ async def test_list_filter_page_and_show(settings: Settings, redis: aioredis.Red
     assert await dlq.size() == 5
 
     page = await dlq.list()
-    assert len(page.entries) == 5 and page.next_cursor is None
+    assert len(page.entries) == 5 and page.total == 5 and page.next_cursor is None
     assert [e.id for e in page.entries] == sorted((e.id for e in page.entries), reverse=True)
     by_type = {e.task_type: e for e in page.entries}
     boom, nope = by_type["boom"], by_type["nope"]
@@ -130,6 +133,12 @@ async def test_list_filter_page_and_show(settings: Settings, redis: aioredis.Red
         await dlq.get("nonsense")
     with pytest.raises(InvalidDeadLetterId):
         await dlq.list(after="1-x")
+    with pytest.raises(ValueError, match="limit"):
+        await dlq.list(limit=0)
+    # the service closes only a client it opened itself
+    shared = DeadLetters.from_settings(settings, redis)
+    await shared.aclose()
+    assert await redis.ping()
 
 
 async def test_replay_by_id_runs_again_and_completes(
@@ -386,6 +395,9 @@ def test_cli_list_show_replay_purge(settings: Settings) -> None:
     assert len(page["entries"]) == 3 and "p-secret" not in listed.stdout
     table = cli("list", "--reason", "permanent_failure")
     assert table.exit_code == 0 and "permanent_failure" in table.stdout
+    assert "2 shown of 3" in table.stdout and "cap" not in table.stdout
+    nearly_full = cli("list", DEAD_LETTER_MAX_LENGTH="3")
+    assert "at 3 of its cap 3" in nearly_full.stdout
     assert "unknown_task_type" not in table.stdout and "p-secret" not in table.stdout
     boom_id = next(e["id"] for e in page["entries"] if e["task_type"] == "boom")
 
@@ -421,3 +433,46 @@ def test_cli_list_show_replay_purge(settings: Settings) -> None:
     down = cli("list", REDIS_URL="redis://127.0.0.1:1/0")
     assert down.exit_code == 1 and "cannot reach Redis" in down.stderr
     assert len(down.stderr.strip().splitlines()) == 1
+
+
+async def test_replay_killed_midway_loses_and_doubles_nothing(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """kill -9 the replaying process part-way: every task is in exactly one place, and a
+    second replay finishes the job."""
+    keys = Keyspace(settings.prefix)
+    stream = keys.family("normal").stream
+    everyone = {f"t-{i}" for i in range(300)}
+    pipe = redis.pipeline(transaction=False)
+    for task_id in sorted(everyone):
+        pipe.xadd(
+            keys.dead_letters,
+            {"task_type": "fine", "payload": "{}", "task_id": task_id,
+             "dlq_reason": "max_retries_exceeded", "source_stream": stream},
+        )  # fmt: skip
+    await pipe.execute()
+    replaying = subprocess.Popen(
+        [sys.executable, "-m", "streamworker", "dlq", "replay", "--all", "--rate", "50"],
+        env=worker_env(settings), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await wait_for(lambda: _xlen_at_least(redis, stream, 30))
+    finally:
+        replaying.send_signal(signal.SIGKILL)
+        replaying.wait(30)
+
+    async def task_ids(key: str) -> list[str]:
+        return [f[b"task_id"].decode() for _, f in await redis.xrange(key)]
+
+    queued, dead = await task_ids(stream), await task_ids(keys.dead_letters)
+    assert 30 <= len(queued) < 300  # really stopped part-way
+    assert len(set(queued)) == len(queued) and not set(queued) & set(dead)
+    assert set(queued) | set(dead) == everyone
+    summary = await service(settings, redis).replay(all=True)
+    assert summary.replayed == len(dead) and summary.failed == 0
+    final = await task_ids(stream)
+    assert len(final) == 300 and set(final) == everyone
+
+
+async def _xlen_at_least(redis: aioredis.Redis, key: str, n: int) -> bool:
+    return int(await redis.xlen(key)) >= n

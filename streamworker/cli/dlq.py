@@ -69,6 +69,13 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
+def _capacity(settings: Settings, size: int) -> str | None:
+    cap = settings.dead_letter_max_length
+    if cap and size >= 0.9 * cap:
+        return f"failed_tasks is at {size} of its cap {cap}: the oldest entries will be dropped"
+    return None
+
+
 def _print_json(value: Any) -> None:
     sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
 
@@ -92,7 +99,10 @@ def list_(
     if as_json:
         _print_json(page)
         return
-    table = Table(title=f"dead letters ({len(page.entries)} shown, newest first)")
+    table = Table(
+        title=f"dead letters: {len(page.entries)} shown of {page.total}, newest first",
+        caption=_capacity(settings, page.total),
+    )
     for column in ("id", "task type", "reason", "error", "source", "deliveries", "age"):
         # One line per entry: ids are copied into dlq show / replay; the error text is cut
         # to the room left (dlq show has it whole).
