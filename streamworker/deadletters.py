@@ -325,6 +325,11 @@ class DeadLetters:
             log.info(
                 "dead_letters_replayed",
                 extra={
+                    # what was asked for (an audit trail of who replays what comes from the
+                    # front end's own log line); never payloads or error texts
+                    "selection": "ids" if ids is not None else "all" if all else "filter",
+                    "task_type": task_type,
+                    "dlq_reason": reason,
                     "matched": summary.matched,
                     "replayed": summary.replayed,
                     "failed": summary.failed,

@@ -476,3 +476,30 @@ async def test_replay_killed_midway_loses_and_doubles_nothing(
 
 async def _xlen_at_least(redis: aioredis.Redis, key: str, n: int) -> bool:
     return int(await redis.xlen(key)) >= n
+
+
+async def test_binary_entries_are_shown_escaped_and_replayed_byte_for_byte(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    keys = Keyspace(settings.prefix)
+    stream = keys.family("high").stream
+    raw_payload = b"\xff\xfe{not json\x00"
+    entry_fields = {
+        b"task_type": b"caf\xe9",
+        b"payload": raw_payload,
+        b"\xffodd": b"\x80",
+        b"dlq_reason": b"malformed",
+        b"dlq_error": b"a field is not valid UTF-8",
+        b"source_stream": stream.encode(),
+    }
+    dead_id = (await redis.xadd(keys.dead_letters, entry_fields)).decode()
+    dlq = service(settings, redis)
+    (entry,) = (await dlq.list()).entries
+    assert entry.task_type == "caf\\xe9" and entry.reason == "malformed"
+    detail = await dlq.get(dead_id)
+    assert detail is not None and detail.payload == "\\xff\\xfe{not json\x00"
+    assert detail.fields["\\xffodd"] == "\\x80"
+    assert (await dlq.replay(ids=[dead_id])).replayed == 1
+    ((_, fields),) = await redis.xrange(stream)
+    assert fields[b"payload"] == raw_payload and fields[b"task_type"] == b"caf\xe9"
+    assert fields[b"\xffodd"] == b"\x80" and fields[b"replayed_from"] == dead_id.encode()
