@@ -1,8 +1,9 @@
 """``streamworker dev``: everything in one process tree for a laptop.
 
 With REDIS_URL unset a private redis-server is started on a free port in a temporary
-directory and removed on exit. ``--demo`` publishes sample tasks of every type and shows
-their progress until they are done.
+directory and removed on exit. The HTTP API is served on 127.0.0.1:PORT (a free port when
+that one is taken) with a generated token, printed with a curl line. ``--demo`` publishes
+sample tasks of every type and shows their progress until they are done.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import anyio
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .api.devserver import serve_dev_api
 from .embedded import EmbeddedRedis
 from .hooks import Outcome, TaskEnd
 from .producer import Producer, TaskSpec
@@ -77,6 +79,7 @@ async def run_dev(settings: Settings, demo: bool, demo_count: int, exit_after_de
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(worker.run)
+            api = await tg.start(serve_dev_api, settings, console)
             console.print(
                 f"worker {settings.consumer} up: {worker.concurrency} handler slots, "
                 f"{len(default_registry)} task types; Ctrl+C to stop"
@@ -85,11 +88,13 @@ async def run_dev(settings: Settings, demo: bool, demo_count: int, exit_after_de
                 await _demo(settings, tally, demo_count)
                 if exit_after_demo:
                     worker.stop()
+                    api.stop()
                     return
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     console.print("stopping: letting in-flight tasks finish")
                     worker.stop()
+                    api.stop()
                     break
     finally:
         if embedded is not None:

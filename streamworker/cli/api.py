@@ -1,1 +1,95 @@
-"""api commands (to be filled in by its issue)."""
+"""``streamworker api`` (the HTTP API server) and ``streamworker cancel``."""
+
+from __future__ import annotations
+
+import signal
+from typing import Annotated
+
+import anyio
+import msgspec
+import typer
+
+from ..api import ApiServer, create_app
+from ..broker import connect
+from ..cancel import CancelOutcome, CancelResult, TaskCanceller
+from ..keyspace import Keyspace
+from ..observability.logging import configure_logging
+from ..registry import load_handler_modules
+from ..settings import ConfigError
+from . import app, fail, load_settings, run_async
+from .common import redis_errors
+
+
+async def _serve_until_signalled(server: ApiServer) -> None:
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.serve)
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                server.stop()
+                break
+
+
+@app.command()
+def api(
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="PORT")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "0.0.0.0",
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-auth", help="Serve /api/ without tokens (never in production)."
+        ),
+    ] = False,
+) -> None:
+    """Serve the HTTP API (submit, status, cancel, stats, dead letters; probes; metrics)."""
+    settings = load_settings()
+    if not settings.redis_url:
+        fail("configuration error: REDIS_URL is required (e.g. redis://localhost:6379/0)", 2)
+    if not settings.api_tokens and not insecure_no_auth:
+        fail(
+            "configuration error: API_TOKENS is empty: set at least one token "
+            "(or pass --insecure-no-auth)",
+            2,
+        )
+    configure_logging(settings.log_level)
+    try:
+        load_handler_modules(settings.handler_modules)
+    except ImportError as exc:
+        fail(str(exc))
+    try:
+        application = create_app(settings, allow_no_auth=insecure_no_auth)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    server = ApiServer(application, host=host, port=port or settings.port)
+    anyio.run(_serve_until_signalled, server)
+
+
+@app.command()
+def cancel(
+    task_id: Annotated[str, typer.Argument()],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+) -> None:
+    """Cancel a queued or scheduled task so it will not run."""
+    settings = load_settings()
+
+    async def go() -> CancelResult:
+        redis = connect(settings.require_redis_url())
+        try:
+            canceller = TaskCanceller(
+                redis, Keyspace(settings.prefix), settings.completed_ttl_seconds
+            )
+            return await canceller.cancel(task_id)
+        finally:
+            await redis.aclose()
+
+    with redis_errors(settings):
+        result = run_async(go)
+    if result.outcome is CancelOutcome.UNKNOWN:
+        fail(f"task {task_id} not found (unknown, or expired after its retention)")
+    if result.outcome is CancelOutcome.CONFLICT:
+        fail(f"task {task_id} is {result.state}: only queued or scheduled tasks can be cancelled")
+    if as_json:
+        doc = {"task_id": task_id, "status": "cancelled", "cancelled": True}
+        print(msgspec.json.encode(doc).decode())
+        return
+    already = " (it already was)" if result.outcome is CancelOutcome.ALREADY_CANCELLED else ""
+    print(f"task {task_id} cancelled{already}")
