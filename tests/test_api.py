@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, get_args
 
 import anyio
 import httpx
@@ -17,9 +17,10 @@ import redis.asyncio as aioredis
 
 from streamworker import Settings, TaskContext
 from streamworker.api.estimate import RUN_ALLOWANCE_SECONDS, BacklogSampler
+from streamworker.api.routes.deadletters import Reason
 from streamworker.embedded import EmbeddedRedis
 from streamworker.keyspace import Keyspace
-from streamworker.wire import parse_time
+from streamworker.wire import DLQ_REASONS, parse_time
 from tests.api_helpers import (
     OTHER_TOKEN,
     TOKEN,
@@ -523,3 +524,50 @@ async def test_api_command_serves_with_tokens_and_stops_on_sigterm(settings: Set
             process.wait(30)
         if process.stderr is not None:
             process.stderr.close()
+
+
+async def test_dead_letters_list_page_filter_and_replay(
+    settings: Settings, api: httpx.AsyncClient, redis: aioredis.Redis
+) -> None:
+    ids = []
+    for _ in range(5):
+        response = await submit(api, {"task_type": "always_fails", "payload": {}, "max_retries": 0})
+        ids.append(response.json()["task_id"])
+    async with running_worker(settings, api_registry()):
+
+        async def all_dead() -> bool:
+            page = (await api.get("/api/v1/dead-letters")).json()
+            return len(page["entries"]) == 5
+
+        await wait_for(all_dead)
+    first = (await api.get("/api/v1/dead-letters", params={"limit": 2})).json()
+    assert first["total"] == 5 and len(first["entries"]) == 2 and first["next_cursor"]
+    assert all("payload" not in e for e in first["entries"])
+    rest = (
+        await api.get("/api/v1/dead-letters", params={"limit": 10, "after": first["next_cursor"]})
+    ).json()
+    listed = [e["task_id"] for e in first["entries"] + rest["entries"]]
+    assert sorted(listed) == sorted(ids) and rest["next_cursor"] is None
+    wrong_type = await api.get("/api/v1/dead-letters", params={"task_type": "care_alert"})
+    assert wrong_type.json()["entries"] == []
+    by_reason = await api.get("/api/v1/dead-letters", params={"reason": "max_retries_exceeded"})
+    assert len(by_reason.json()["entries"]) == 5
+    for params in ({"reason": "bogus"}, {"after": "x"}, {"limit": 0}):
+        bad = await api.get("/api/v1/dead-letters", params=params)
+        assert bad.status_code == 400 and bad.json()["detail"], params
+
+    dry = await api.post("/api/v1/dead-letters/replay", json={"all": True, "dry_run": True})
+    assert dry.status_code == 200 and dry.json()["would_replay"] == 5
+    assert (await api.get("/api/v1/dead-letters")).json()["total"] == 5
+    one = first["entries"][0]
+    replayed = await api.post("/api/v1/dead-letters/replay", json={"ids": [one["id"]]})
+    assert replayed.json()["replayed"] == 1, replayed.text
+    assert (await status_of(api, one["task_id"]))["status"] == "queued"
+    assert await redis.xlen(Keyspace(settings.prefix).family("normal").stream) == 1
+    for body in ({}, {"all": True, "task_type": "x"}, {"ids": ["nope"]}, {"ids": []}):
+        bad = await api.post("/api/v1/dead-letters/replay", json=body)
+        assert bad.status_code == 400 and bad.json()["detail"], body
+
+
+def test_reason_filter_lists_every_dead_letter_reason() -> None:
+    assert set(get_args(Reason)) == set(DLQ_REASONS)

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from .. import __version__
 from ..broker import Broker, connect
 from ..cancel import TaskCanceller
+from ..deadletters import DeadLetters
 from ..keyspace import Keyspace
 from ..producer import Producer
 from ..registry import Registry, default_registry
@@ -32,6 +33,7 @@ from ..status import StatusStore
 from .auth import BEARER_SCHEME, TokenGuard
 from .errors import exception_handlers
 from .estimate import BacklogSampler
+from .routes.deadletters import list_dead_letters, replay_dead_letters
 from .routes.health import healthz, metrics, readyz
 from .routes.tasks import cancel_task, queue_stats, submit_task, task_status
 from .services import ApiServices
@@ -45,6 +47,8 @@ API_ROUTES: tuple[ControllerRouterHandler, ...] = (
     task_status,
     cancel_task,
     queue_stats,
+    list_dead_letters,
+    replay_dead_letters,
 )
 
 
@@ -99,6 +103,7 @@ def create_app(
             producer=producer,
             status=status,
             canceller=TaskCanceller(client, keys, settings.completed_ttl_seconds),
+            dead_letters=DeadLetters(client, keys, settings.group, status=status),
             sampler=BacklogSampler(client, keys, settings.group, interval=sample_interval),
         )
         app.state.services = svc

@@ -10,6 +10,7 @@ from litestar.datastructures import State
 
 from ..broker import Broker
 from ..cancel import TaskCanceller
+from ..deadletters import DeadLetters
 from ..keyspace import Keyspace
 from ..producer import Producer
 from ..settings import Settings
@@ -28,6 +29,7 @@ class ApiServices:
     producer: Producer
     status: StatusStore
     canceller: TaskCanceller
+    dead_letters: DeadLetters
     sampler: BacklogSampler
 
 
