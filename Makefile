@@ -2,9 +2,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+HELM := $(VENV)/bin/helm
 PYTHON ?= python3
 
-.PHONY: run test lint typecheck unit redis-server clean bench
+.PHONY: run test lint typecheck unit redis-server clean bench deploy-lint
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +31,23 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP) redis-server
+unit: $(STAMP) $(HELM) redis-server
 	$(VENV)/bin/pytest -q
 
-test: lint typecheck unit
+# Real helm binary in the venv (Helm ships no PyPI/Debian package; see helm/tools/fetch_helm.py).
+$(HELM): helm/tools/fetch_helm.py | $(STAMP)
+	$(PY) helm/tools/fetch_helm.py $(HELM)
+
+# Dockerfile, YAML and the Helm chart (default values and everything on).
+deploy-lint: $(STAMP) $(HELM)
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/yamllint --strict .
+	$(HELM) lint --strict helm/streamworker
+	$(HELM) lint --strict helm/streamworker -f helm/streamworker/ci/everything-on-values.yaml
+	$(HELM) template lint helm/streamworker -f helm/streamworker/ci/everything-on-values.yaml \
+	  --api-versions keda.sh/v1alpha1 --api-versions monitoring.coreos.com/v1 >/dev/null
+
+test: lint typecheck deploy-lint unit
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
