@@ -92,6 +92,11 @@ class Keyspace:
         """Hash: per schedule name, last fire time, paused flag and so on."""
         return self._key("scheduler:state")
 
+    @property
+    def scheduler_fence(self) -> str:
+        """Counter: each new leader term takes the next value as its fencing token."""
+        return self._key("scheduler:fence")
+
     def schedule_fire(self, name: str, fire_at: int) -> str:
         """Set NX before an occurrence is published, so it is published once."""
         return self._key(f"scheduler:fired:{name}:{fire_at}")

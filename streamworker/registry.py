@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -12,12 +12,24 @@ import msgspec
 if TYPE_CHECKING:
     from .context import TaskContext
 
-__all__ = ["HandlerSpec", "Registry", "default_registry", "handler", "load_handler_modules"]
+__all__ = [
+    "HandlerSpec",
+    "Registry",
+    "ScheduleDeclaration",
+    "default_registry",
+    "handler",
+    "load_handler_modules",
+]
 
 HandlerFn = Callable[[Any, "TaskContext"], Awaitable[Any]]
 F = TypeVar("F", bound=HandlerFn)
 
 _json_any = msgspec.json.Decoder()
+
+#: A recurring task declared in code: the keys of a ``SCHEDULES_FILE`` entry (``name``,
+#: ``cron``, ``payload``, ``priority``, ``timezone``, ``misfire``, ...). ``task_type`` is filled
+#: in from the handler. The scheduler validates it at start (streamworker.scheduler).
+ScheduleDeclaration = Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +55,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._specs: dict[str, HandlerSpec] = {}
+        self._schedules: list[dict[str, Any]] = []
 
     def handler(
         self,
@@ -51,7 +64,10 @@ class Registry:
         contract: type[msgspec.Struct] | None = None,
         max_retries: int | None = None,
         timeout_seconds: float | None = None,
+        schedule: str | None = None,
+        schedules: Sequence[ScheduleDeclaration] = (),
     ) -> Callable[[F], F]:
+        """``schedule="0 9 * * *"`` (or ``schedules=[{...}]``) also declares recurring tasks."""
         if not task_type or any(c.isspace() for c in task_type):
             raise ValueError(f"invalid task type name {task_type!r}")
         if max_retries is not None and max_retries < 0:
@@ -69,9 +85,28 @@ class Registry:
             self._specs[task_type] = HandlerSpec(
                 task_type, fn, contract, max_retries, timeout_seconds, decoder
             )
+            if existing is None:
+                if schedule is not None:
+                    self.add_schedule(task_type, {"name": task_type, "cron": schedule})
+                for declaration in schedules:
+                    self.add_schedule(task_type, declaration)
             return fn
 
         return register
+
+    def add_schedule(self, task_type: str, declaration: ScheduleDeclaration) -> None:
+        """Declare a recurring ``task_type`` (its handler may live in another module)."""
+        if not isinstance(declaration, Mapping):
+            raise TypeError("a schedule declaration is a mapping (name, cron, payload, ...)")
+        entry = dict(declaration)
+        entry.setdefault("task_type", task_type)
+        entry.setdefault("name", task_type)
+        self._schedules.append(entry)
+
+    @property
+    def schedules(self) -> tuple[dict[str, Any], ...]:
+        """Recurring tasks declared in code, in declaration order (copies)."""
+        return tuple(dict(entry) for entry in self._schedules)
 
     def get(self, task_type: str) -> HandlerSpec | None:
         return self._specs.get(task_type)
@@ -100,13 +135,21 @@ def handler(
     contract: type[msgspec.Struct] | None = None,
     max_retries: int | None = None,
     timeout_seconds: float | None = None,
+    schedule: str | None = None,
+    schedules: Sequence[ScheduleDeclaration] = (),
 ) -> Callable[[F], F]:
     """Register an async ``fn(payload, ctx)`` as the handler of ``task_type``.
 
     ``payload`` is an instance of ``contract`` (a msgspec Struct), or a dict without one.
+    ``schedule`` (a cron expression) or ``schedules`` (declarations) make it recurring.
     """
     return default_registry.handler(
-        task_type, contract=contract, max_retries=max_retries, timeout_seconds=timeout_seconds
+        task_type,
+        contract=contract,
+        max_retries=max_retries,
+        timeout_seconds=timeout_seconds,
+        schedule=schedule,
+        schedules=schedules,
     )
 
 

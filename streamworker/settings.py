@@ -65,6 +65,11 @@ class Settings:
     idempotency_ttl_seconds: int = 86400
     track_status: bool = True
     dead_letter_max_length: int = 100000  # 0 = unbounded
+    # Recurring tasks (streamworker.scheduler).
+    schedules_file: str | None = None
+    scheduler_lease_seconds: float = 5.0
+    scheduler_misfire_grace_seconds: float = 60.0
+    scheduler_tick_seconds: float = 1.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -238,4 +243,8 @@ _VARIABLES: tuple[_Var, ...] = (
     _Var("IDEMPOTENCY_TTL_SECONDS", "idempotency_ttl_seconds", _int(1)),
     _Var("TRACK_STATUS", "track_status", _bool),
     _Var("DEAD_LETTER_MAX_LENGTH", "dead_letter_max_length", _int(0)),
+    _Var("SCHEDULES_FILE", "schedules_file", str),
+    _Var("SCHEDULER_LEASE_SECONDS", "scheduler_lease_seconds", _number()),
+    _Var("SCHEDULER_MISFIRE_GRACE_SECONDS", "scheduler_misfire_grace_seconds", _number()),
+    _Var("SCHEDULER_TICK_SECONDS", "scheduler_tick_seconds", _number()),
 )
