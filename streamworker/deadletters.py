@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -287,8 +288,8 @@ class DeadLetters:
         chosen = sum((ids is not None, task_type is not None or reason is not None, all))
         if chosen != 1:
             raise ValueError("choose exactly one of: ids, task_type/reason, all")
-        if rate_per_second is not None and not rate_per_second > 0:
-            raise ValueError("rate_per_second must be > 0")
+        if rate_per_second is not None and not 0 < rate_per_second < math.inf:
+            raise ValueError("rate_per_second must be a number > 0")
         summary = ReplaySummary(dry_run=dry_run)
         if ids is not None:
             wanted = list(dict.fromkeys(check_id(i) for i in ids))
@@ -313,7 +314,7 @@ class DeadLetters:
         sent = 0
         for start in range(0, len(selected), chunk):
             part = selected[start : start + chunk]
-            if rate_per_second is not None and sent:
+            if rate_per_second is not None and sent and not dry_run:
                 wait = started + sent / rate_per_second - self._clock()
                 if wait > 0:
                     await self._sleep(wait)

@@ -216,8 +216,9 @@ async def test_replay_by_type_reason_all_and_dry_run(
         await dlq.replay()
     with pytest.raises(ValueError, match="exactly one"):
         await dlq.replay(all=True, task_type="boom")
-    with pytest.raises(ValueError, match="rate_per_second"):
-        await dlq.replay(all=True, rate_per_second=0)
+    for bad_rate in (0, -1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="rate_per_second"):
+            await dlq.replay(all=True, rate_per_second=bad_rate)
 
 
 async def test_replay_refuses_missing_and_unknown_source_and_changes_nothing(
@@ -296,6 +297,8 @@ async def test_replay_rate_paces_and_reports_progress(
         )  # fmt: skip
     clock = ManualClock()
     dlq = service(settings, redis, clock=clock.time, sleep=clock.sleep)
+    dry = await dlq.replay(all=True, dry_run=True, rate_per_second=1)
+    assert dry.would_replay == 40 and clock.slept == []  # a dry run does not wait
     seen: list[tuple[int, int]] = []
     summary = await dlq.replay(
         all=True, rate_per_second=20, progress=lambda done, total: seen.append((done, total))
@@ -420,6 +423,7 @@ def test_cli_list_show_replay_purge(settings: Settings) -> None:
     assert cli("replay").exit_code == 2  # no selector
     assert cli("replay", "--all", "--reason", "malformed").exit_code == 2
     assert cli("replay", "--all", "--rate", "-3").exit_code == 2
+    assert cli("replay", "--all", "--rate", "inf").exit_code == 2
     unknown_reason = cli("list", "--reason", "sad")
     assert unknown_reason.exit_code == 2 and "not a dead-letter reason" in unknown_reason.stderr
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
@@ -184,7 +185,7 @@ def replay(
     chosen = sum((bool(ids), task_type is not None or reason is not None, all_))
     if chosen != 1:
         fail("choose one of --id ID..., --task-type T / --reason R, or --all", 2)
-    if rate is not None and not rate > 0:
+    if rate is not None and not 0 < rate < math.inf:
         fail("--rate must be a number > 0 (entries per second)", 2)
     _check_reason(reason)
     settings = load_settings()
