@@ -427,12 +427,27 @@ def test_cli_list_show_replay_purge(settings: Settings) -> None:
     unknown_reason = cli("list", "--reason", "sad")
     assert unknown_reason.exit_code == 2 and "not a dead-letter reason" in unknown_reason.stderr
 
+    async def add_unreplayable(n: int) -> None:
+        client = connect(settings.redis_url or "")
+        try:
+            for _ in range(n):
+                entry = {"task_type": "x", "dlq_reason": "malformed", "source_stream": "nowhere"}
+                await client.xadd(Keyspace(settings.prefix).dead_letters, entry)
+        finally:
+            await client.aclose()
+
+    anyio.run(add_unreplayable, 22)
+    refused_many = cli("replay", "--reason", "malformed")
+    assert refused_many.exit_code == 1 and "replayed 0, failed 22" in refused_many.stdout
+    assert refused_many.stderr.count("not one of this deployment's priority streams") == 20
+    assert "... and 2 more" in refused_many.stderr
+
     refused = cli("purge")
     assert refused.exit_code == 2 and "--yes" in refused.stderr
     purged = cli("purge", "--older-than", "3600", "--yes")
     assert purged.exit_code == 0 and "purged 0" in purged.stdout
     purged = cli("purge", "--yes")
-    assert purged.exit_code == 0 and "purged 1" in purged.stdout
+    assert purged.exit_code == 0 and "purged 23" in purged.stdout
 
     down = cli("list", REDIS_URL="redis://127.0.0.1:1/0")
     assert down.exit_code == 1 and "cannot reach Redis" in down.stderr

@@ -31,6 +31,8 @@ app.add_typer(dlq, name="dlq")
 
 T = TypeVar("T")
 
+_SHOW_PROBLEMS = 20  # failed / skipped entries named one by one; the rest are counted
+
 _SHOWN_ABOVE = frozenset({"task_id", "task_type", "retry_count", "replayed_from"})
 
 _DETAILS = {
@@ -218,10 +220,12 @@ def replay(
     if as_json:
         _print_json(summary)
     else:
-        for item in summary.items:
-            if item.outcome in ("failed", "skipped"):
-                detail = _DETAILS.get(item.detail or "", item.detail or "")
-                stderr.print(Text(f"{item.outcome} {item.id}: {detail}"))
+        problems = [i for i in summary.items if i.outcome in ("failed", "skipped")]
+        for item in problems[:_SHOW_PROBLEMS]:
+            detail = _DETAILS.get(item.detail or "", item.detail or "")
+            stderr.print(Text(f"{item.outcome} {item.id}: {detail}"))
+        if len(problems) > _SHOW_PROBLEMS:
+            stderr.print(f"... and {len(problems) - _SHOW_PROBLEMS} more (--json lists them all)")
         if dry_run:
             line = f"dry run: would replay {summary.would_replay}, would fail {summary.failed}"
         else:
