@@ -25,7 +25,15 @@ __all__ = ["Broker", "ReplayReply", "StatusWrite", "connect"]
 
 log = logging.getLogger("streamworker.broker")
 
-_SCRIPTS = ("read_batch", "retry", "dead_letter", "promote_due", "publish_once", "replay")
+_SCRIPTS = (
+    "read_batch",
+    "retry",
+    "dead_letter",
+    "promote_due",
+    "publish_once",
+    "replay",
+    "publish_batch",
+)
 
 #: Share of DEAD_LETTER_MAX_LENGTH past which ``dead_letters_near_capacity`` is logged.
 DEAD_LETTER_WARN_RATIO = 0.9
@@ -313,6 +321,14 @@ class Broker:
         return sum(int(r) for r in results)
 
     # -- publishing -----------------------------------------------------------------------
+
+    def queue_publish_batch(self, pipe: Any, family: StreamFamily, entries: bytes) -> None:
+        """Queue on ``pipe`` the XADD of a batch packed by :func:`wire.encode_entries`."""
+        self._evalsha(pipe, "publish_batch", [family.stream], [entries])
+
+    async def run_pipeline(self, build: Callable[[Any], None]) -> list[Any]:
+        """Send a pipeline built by ``build`` (which may queue scripts), raising its first error."""
+        return await self._run_pipeline(build)
 
     async def publish_once(
         self,

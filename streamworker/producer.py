@@ -8,12 +8,12 @@ instead of reaching a stream.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
+from itertools import chain
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 import anyio.from_thread
 import msgspec
@@ -22,10 +22,10 @@ import redis.asyncio as aioredis
 from .broker import Broker, connect
 from .errors import InvalidTask
 from .hooks import ProducerHook
-from .keyspace import Keyspace, priority_rank
+from .keyspace import PRIORITIES, Keyspace, StreamFamily, priority_rank
 from .settings import Settings
 from .status import StatusStore
-from .wire import format_time, pack_fields, parse_time
+from .wire import encode_entries, format_time, new_task_ids, pack_fields, parse_time
 
 __all__ = ["Producer", "SyncProducer", "TaskSpec"]
 
@@ -48,23 +48,49 @@ class TaskSpec(msgspec.Struct, kw_only=True):
 
 
 class _Prepared:
-    __slots__ = ("due_ms", "family", "fields", "spec", "status_fields", "task_id")
+    __slots__ = ("due_ms", "family", "fields", "scheduled_for", "spec", "state", "task_id")
 
     def __init__(
         self,
         spec: TaskSpec,
         task_id: str,
-        family: Any,
+        family: StreamFamily,
         fields: dict[str, str | bytes],
         due_ms: int,
-        status_fields: dict[str, str | int | None],
+        state: str,
+        scheduled_for: str | None,
     ) -> None:
         self.spec = spec
         self.task_id = task_id
         self.family = family
         self.fields = fields
         self.due_ms = due_ms
-        self.status_fields = status_fields
+        self.state = state
+        self.scheduled_for = scheduled_for
+
+    def first_status(self) -> tuple[str, list[str]]:
+        """The status hash written with the publish, as the flat list ``write_new`` takes."""
+        f = self.fields
+        row = [
+            "status", self.state,
+            "task_id", self.task_id,
+            "task_type", self.spec.task_type,
+            "priority", self.spec.priority,
+            "created_at", f["created_at"],
+            "retry_count", "0",
+        ]  # fmt: skip
+        if self.scheduled_for is not None:
+            row += ("scheduled_for", self.scheduled_for)
+        return self.task_id, row  # type: ignore[return-value]
+
+    def status_fields(self) -> dict[str, str | int | None]:
+        return {
+            "task_type": self.spec.task_type,
+            "priority": self.spec.priority,
+            "created_at": self.fields["created_at"],  # type: ignore[dict-item]
+            "scheduled_for": self.scheduled_for,
+            "retry_count": 0,
+        }
 
 
 class Producer:
@@ -94,6 +120,8 @@ class Producer:
         self.status = status or StatusStore(self.keys, 172800)
         self._broker = Broker(redis, self.keys, "-", status=self.status)
         self._hooks = tuple(hooks)
+        self._families = {p: self.keys.family(p) for p in PRIORITIES}
+        self._checked_types: set[str] = set()
 
     @classmethod
     def from_settings(
@@ -156,16 +184,24 @@ class Producer:
 
         Every task is checked before anything is written: one bad task refuses the batch.
         """
+        items = specs if isinstance(specs, Sequence) else list(specs)
         now = time.time()
-        prepared = [self._prepare(spec, now) for spec in specs]
+        created_at = format_time(now)  # one clock reading for the batch: cheaper, same order
+        ids = new_task_ids(len(items))
+        prepared = [
+            self._prepare(spec, now, created_at, spec.task_id or ids[i])
+            for i, spec in enumerate(items)
+        ]
+        if not self._hooks:
+            return await self._write(prepared)
         tokens = [self._before_publish(p) for p in prepared]
         try:
-            ids = await self._write(prepared)
+            result = await self._write(prepared)
         except BaseException as exc:
             self._after_publish(tokens, prepared, exc)
             raise
         self._after_publish(tokens, prepared, None)
-        return ids
+        return result
 
     # -- internals ------------------------------------------------------------------------
 
@@ -185,6 +221,8 @@ class Producer:
                 f"payload is {len(raw)} bytes, over the {self._max_payload_bytes} byte limit"
             )
         decoder = self._decoders.get(task_type)
+        if decoder is None and isinstance(payload, dict):
+            return raw  # a dict always encodes to a JSON object: no need to parse it back
         try:
             if decoder is not None:
                 decoder.decode(raw)
@@ -194,17 +232,30 @@ class Producer:
             raise InvalidTask(f"payload does not match the {task_type} contract: {exc}") from None
         except msgspec.DecodeError:
             raise InvalidTask("payload is not valid JSON") from None
+        except UnicodeDecodeError:
+            raise InvalidTask("payload is not valid UTF-8") from None
         return raw
 
-    def _prepare(self, spec: TaskSpec, now: float) -> _Prepared:
-        if not spec.task_type or any(c.isspace() for c in spec.task_type):
-            raise InvalidTask("task_type must be a non-empty name without spaces")
+    def _prepare(self, spec: TaskSpec, now: float, created_at: str, task_id: str) -> _Prepared:
+        task_type = spec.task_type
+        if task_type not in self._checked_types:
+            if not task_type or any(c.isspace() for c in task_type):
+                raise InvalidTask("task_type must be a non-empty name without spaces")
+            self._checked_types.add(task_type)
+        family = self._families.get(spec.priority)
+        if family is None:
+            try:
+                priority_rank(spec.priority)
+            except ValueError as exc:
+                raise InvalidTask(str(exc)) from None
+            raise InvalidTask(f"unknown priority {spec.priority!r}")  # pragma: no cover
+        payload = self.validate_payload(task_type, spec.payload)
         try:
-            family = self.keys.family(spec.priority)
-            priority_rank(spec.priority)
-        except ValueError as exc:
-            raise InvalidTask(str(exc)) from None
-        payload = self.validate_payload(spec.task_type, spec.payload)
+            # The batch script hands entries to Redis as MessagePack *str* values (its cmsgpack
+            # reads no bin type), and the contract wants UTF-8 JSON anyway.
+            payload_text = payload.decode()
+        except UnicodeDecodeError:
+            raise InvalidTask("payload is not valid UTF-8") from None
         if spec.max_retries is not None and (
             not isinstance(spec.max_retries, int) or spec.max_retries < 0
         ):
@@ -212,12 +263,10 @@ class Producer:
         if spec.timeout_seconds is not None and not spec.timeout_seconds > 0:
             raise InvalidTask("timeout_seconds must be a number > 0")
         due = self._due(spec, now)
-        task_id = spec.task_id or str(uuid.uuid4())
-        created_at = format_time(now)
         fields: dict[str, str | bytes] = {
             "task_id": task_id,
-            "task_type": spec.task_type,
-            "payload": payload,
+            "task_type": task_type,
+            "payload": payload_text,
             "priority": spec.priority,
             "created_at": created_at,
             "retry_count": "0",
@@ -234,16 +283,14 @@ class Producer:
         if spec.correlation_id:
             fields["correlation_id"] = spec.correlation_id
         parked = due is not None and due > now
-        status_fields: dict[str, str | int | None] = {
-            "task_type": spec.task_type,
-            "priority": spec.priority,
-            "created_at": created_at,
-            "scheduled_for": scheduled,
-            "retry_count": 0,
-            "state": "scheduled" if parked else "queued",
-        }
         return _Prepared(
-            spec, task_id, family, fields, int(due * 1000) if parked and due else 0, status_fields
+            spec,
+            task_id,
+            family,
+            fields,
+            int(due * 1000) if parked and due else 0,
+            "scheduled" if parked else "queued",
+            scheduled,
         )
 
     @staticmethod
@@ -267,16 +314,31 @@ class Producer:
 
     async def _write(self, prepared: list[_Prepared]) -> list[str]:
         ids = [p.task_id for p in prepared]
-        plain = [p for p in prepared if not p.spec.idempotency_key]
+        # Immediate tasks go to their stream as one script call per priority (one reply for the
+        # whole batch instead of one per task); parked ones to the delayed set; both ride on one
+        # pipeline with the status writes.
+        batches: dict[StreamFamily, list[list[str | bytes]]] = {}
+        parked: list[_Prepared] = []
+        plain: list[_Prepared] = []
+        for p in prepared:
+            if p.spec.idempotency_key:
+                continue
+            plain.append(p)
+            if p.due_ms:
+                parked.append(p)
+            else:
+                batches.setdefault(p.family, []).append(list(chain.from_iterable(p.fields.items())))
         if plain:
-            pipe = self.redis.pipeline(transaction=False)
-            for p in plain:
-                if p.due_ms:
+
+            def build(pipe: Any) -> None:
+                for family, entries in batches.items():
+                    self._broker.queue_publish_batch(pipe, family, encode_entries(entries))
+                for p in parked:
                     pipe.zadd(p.family.delayed, {pack_fields(p.fields): p.due_ms})
-                else:
-                    pipe.xadd(p.family.stream, cast(dict[Any, Any], p.fields))
-                self._write_status(pipe, p)
-            await pipe.execute()
+                if self.status.enabled:
+                    self.status.write_new(pipe, [p.first_status() for p in plain])
+
+            await self._broker.run_pipeline(build)
         for i, p in enumerate(prepared):
             if not p.spec.idempotency_key:
                 continue
@@ -291,14 +353,9 @@ class Producer:
             ids[i] = task_id
             if fresh and self.status.enabled:
                 pipe = self.redis.pipeline(transaction=False)
-                self._write_status(pipe, p)
+                self.status.write(pipe, p.task_id, p.state, **p.status_fields())
                 await pipe.execute()
         return ids
-
-    def _write_status(self, pipe: Any, p: _Prepared) -> None:
-        fields = dict(p.status_fields)
-        state = str(fields.pop("state"))
-        self.status.write(pipe, p.task_id, state, **fields)
 
     def _before_publish(self, p: _Prepared) -> list[Any]:
         return [

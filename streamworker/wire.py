@@ -8,6 +8,7 @@ the worker can move the entry to ``failed_tasks`` and keep going.
 from __future__ import annotations
 
 import math
+import os
 import struct
 import uuid
 from collections.abc import Mapping
@@ -23,7 +24,9 @@ __all__ = [
     "Task",
     "decode_task",
     "derive_task_id",
+    "encode_entries",
     "format_time",
+    "new_task_ids",
     "pack_fields",
     "parse_time",
     "unpack_fields",
@@ -94,9 +97,48 @@ def derive_task_id(stream: str, entry_id: bytes | str) -> str:
     return str(uuid.uuid5(_TASK_ID_NAMESPACE, f"{stream}/{eid}"))
 
 
+_second_cache: list[Any] = [None, ""]  # [whole second, its formatted prefix]
+
+
 def format_time(ts: float) -> str:
     """RFC 3339 UTC with milliseconds, e.g. ``2025-09-01T12:00:00.000Z``."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # Called for every task on the hot paths: the date part changes once a second, so it is
+    # formatted once a second; the milliseconds are truncated, as isoformat does.
+    millis = math.floor(ts * 1000)
+    second, ms = divmod(millis, 1000)
+    cache = _second_cache
+    if cache[0] != second:
+        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        cache[1] = prefix
+        cache[0] = second
+    return f"{cache[1]}{ms:03d}Z"
+
+
+# The variant nibble of an RFC 4122 UUID is 10xx: map any random hex digit onto 8, 9, a or b.
+_VARIANT: Final = {f"{n:x}": f"{8 | (n & 3):x}" for n in range(16)}
+
+
+def new_task_ids(count: int) -> list[str]:
+    """``count`` random (version 4) UUIDs as strings, from one read of the system's randomness.
+
+    Same format and randomness as ``str(uuid.uuid4())`` (122 random bits), at a fraction of
+    the cost when a batch of tasks is published.
+    """
+    digits = os.urandom(16 * count).hex()
+    ids = []
+    for start in range(0, 32 * count, 32):
+        h = digits[start : start + 32]
+        ids.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}")
+    return ids
+
+
+_entries_encoder = msgspec.msgpack.Encoder()
+
+
+def encode_entries(entries: list[list[str | bytes]]) -> bytes:
+    """A batch of entries (each a flat field, value, ... list of str) as one MessagePack value
+    for the ``publish_batch`` script. Values must be str: Redis's cmsgpack reads no bin type."""
+    return _entries_encoder.encode(entries)
 
 
 def parse_time(value: str) -> float:
