@@ -49,5 +49,14 @@ deploy-lint: $(STAMP) $(HELM)
 
 test: lint typecheck deploy-lint unit
 
+# Benchmark against the peers (bench/README in README "Performance"). BENCH_ARGS=--quick etc.
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) redis-server
+	$(PY) -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

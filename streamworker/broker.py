@@ -190,8 +190,7 @@ class Broker:
                 stream = self.families[index].stream
                 pipe.xack(stream, self.group, *ids)
                 pipe.xdel(stream, *ids)
-        for task_id, state, fields in writes:
-            self.status.write(pipe, task_id, state, **fields)
+        self.status.write_many(pipe, writes)  # one script call, one reply, for the whole batch
         if len(pipe):
             await pipe.execute()
 

@@ -7,7 +7,7 @@ so keeping status costs the worker no extra round trip. Terminal states expire a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -19,14 +19,22 @@ __all__ = ["STATES", "TERMINAL_STATES", "StatusStore", "TaskStatus"]
 STATES = ("queued", "scheduled", "running", "retrying", "completed", "failed", "cancelled")
 TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 
-# HSET + PERSIST per key, as ``write`` queues them, in one call. The keys are passed as KEYS
-# (never built inside the script). On a future Redis Cluster these hashes spread over slots, so
-# ``write_new`` would group them by slot there.
-_WRITE_NEW_SCRIPT = """
-local rows = cmsgpack.unpack(ARGV[1])
+# Many status writes in one call: per key, HSET then EXPIRE (terminal state) or PERSIST, exactly
+# what ``write`` queues as two commands, for one reply per batch instead of two per task. The
+# keys are passed as KEYS, never built inside the script; on a future Redis Cluster these hashes
+# spread over slots, so the batch would be split by slot there.
+# KEYS: status hashes. ARGV[1]: ttl of terminal states (s). ARGV[2]: MessagePack array with,
+# per key, {1 if terminal else 0, field, value, ...} (strings).
+_WRITE_MANY_SCRIPT = """
+local rows = cmsgpack.unpack(ARGV[2])
 for i = 1, #KEYS do
-  redis.call('HSET', KEYS[i], unpack(rows[i]))
-  redis.call('PERSIST', KEYS[i])
+  local row = rows[i]
+  redis.call('HSET', KEYS[i], unpack(row, 2))
+  if row[1] == 1 then
+    redis.call('EXPIRE', KEYS[i], ARGV[1])
+  else
+    redis.call('PERSIST', KEYS[i])
+  end
 end
 return #KEYS
 """
@@ -67,20 +75,44 @@ class StatusStore:
         else:
             pipe.persist(key)
 
+    def write_many(
+        self, pipe: Any, writes: Iterable[tuple[str, str, Mapping[str, str | int | None]]]
+    ) -> None:
+        """Queue many ``(task_id, state, fields)`` writes on ``pipe`` as one script call.
+
+        Leaves the same hashes and expiries as calling :meth:`write` for each, in order.
+        """
+        if not self.enabled:
+            return
+        status_key = self._keys.status
+        keys: list[str] = []
+        rows: list[list[str | int]] = []
+        for task_id, state, fields in writes:
+            keys.append(status_key(task_id))
+            row: list[str | int] = [
+                1 if state in TERMINAL_STATES else 0,
+                "status", state,
+                "task_id", task_id,
+            ]  # fmt: skip
+            for name, value in fields.items():
+                if value is not None:
+                    row += (name, value if isinstance(value, str) else str(value))
+            rows.append(row)
+        if keys:
+            pipe.eval(_WRITE_MANY_SCRIPT, len(keys), *keys, self._ttl, _rows_encoder.encode(rows))
+
     def write_new(self, pipe: Any, records: Sequence[tuple[str, list[str]]]) -> None:
         """Queue the first state of many new tasks as one script call on ``pipe``.
 
         Each record is ``(task_id, [field, value, ...])`` with ``status`` (a non-terminal
-        state) and ``task_id`` among the fields. The hashes are the ones :meth:`write` would
-        leave, for one reply instead of two per task, so a publisher's batch costs one round
-        trip with a constant number of replies.
+        state) and ``task_id`` among the fields: the publisher builds these rows directly.
         """
         if not self.enabled or not records:
             return
         status_key = self._keys.status
         keys = [status_key(task_id) for task_id, _ in records]
-        rows = [row for _, row in records]
-        pipe.eval(_WRITE_NEW_SCRIPT, len(keys), *keys, _rows_encoder.encode(rows))
+        rows = [[0, *row] for _, row in records]
+        pipe.eval(_WRITE_MANY_SCRIPT, len(keys), *keys, self._ttl, _rows_encoder.encode(rows))
 
     async def read(self, redis: Any, task_id: str) -> TaskStatus | None:
         raw = await redis.hgetall(self._keys.status(task_id))

@@ -112,3 +112,33 @@ async def test_one_bad_task_refuses_the_whole_batch(
     with pytest.raises(InvalidTask, match="non-empty name"):
         await producer.publish_many([good, TaskSpec(task_type="a b", payload={})])
     assert await redis.xlen(keys.family("normal").stream) == 0
+
+
+async def test_write_many_leaves_what_write_leaves(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    keys = Keyspace(settings.prefix)
+    store = StatusStore(keys, 300)
+    writes: list[tuple[str, str, dict[str, str | int | None]]] = [
+        ("a", "running", {"task_type": "note", "retry_count": 2, "last_error": None}),
+        ("b", "completed", {"completed_at": "2026-01-01T00:00:00.000Z"}),
+        ("c", "failed", {"last_error": "boom", "retry_count": 3}),
+    ]
+    one = redis.pipeline(transaction=False)
+    for task_id, state, fields in writes:
+        await redis.hset(keys.status(task_id), "old", "1")
+        await redis.expire(keys.status(task_id), 50)
+        store.write(one, "w-" + task_id, state, **fields)
+    await one.execute()
+    many = redis.pipeline(transaction=False)
+    store.write_many(many, writes)
+    await many.execute()
+    for task_id, state, _ in writes:
+        via_many = await redis.hgetall(keys.status(task_id))
+        via_write = await redis.hgetall(keys.status("w-" + task_id))
+        via_many.pop(b"old")
+        assert via_many[b"task_id"] == task_id.encode()
+        via_many[b"task_id"] = ("w-" + task_id).encode()
+        assert via_many == via_write
+        ttl = await redis.ttl(keys.status(task_id))
+        assert (ttl == -1) if state == "running" else (250 < ttl <= 300)
