@@ -15,10 +15,13 @@ import http.server
 import importlib.util
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 import tomllib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,6 +34,7 @@ import yaml
 
 from streamworker.keyspace import PRIORITIES, Keyspace
 from streamworker.settings import _VARIABLES, Settings
+from tests.conftest import worker_env
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "streamworker"
@@ -51,8 +55,8 @@ SECRET_VARIABLES = {
 }
 
 # Roles the image runs (`docker run IMAGE <role>`), as they exist on main at this landing.
-# `api` and `scheduler` are being written on other branches: add them here when they land.
-IMAGE_ROLES = ["worker"]
+# `scheduler` is being written on another branch: add it here when it lands.
+IMAGE_ROLES = ["worker", "api"]
 
 
 def _tool(name: str) -> Path:
@@ -240,6 +244,37 @@ def _closed_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
+
+
+def test_healthcheck_against_a_real_api_process(settings: Settings) -> None:
+    """`streamworker api` as the image runs it: the check reads the role and port from the
+    process's real /proc cmdline and probes its /healthz; after SIGTERM it reports failure."""
+    hc = _healthcheck()
+    port = _closed_port()
+    env = worker_env(settings, API_TOKENS="deploy-test-token")
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [BIN / "streamworker", "api", "--port", str(port), "--host", "127.0.0.1"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        try:
+            raw = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+            cmdline = raw.rstrip(b"\0").decode().split("\0")
+            assert hc.streamworker_argv([cmdline])[:3] == ["api", "--port", str(port)]
+            deadline = time.monotonic() + 90  # generous: a loaded 2-core machine
+            while hc.check([cmdline], {}) != 0:
+                log.seek(0)
+                assert proc.poll() is None, log.read().decode(errors="replace")
+                assert time.monotonic() < deadline, "the API never answered /healthz"
+                time.sleep(0.2)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        assert hc.check([cmdline], {}) == 1
 
 
 # -- Helm chart -------------------------------------------------------------------------
@@ -447,13 +482,18 @@ def test_no_secret_literals(which: str, request: pytest.FixtureRequest) -> None:
     assert not SECRET_VARIABLES & set(config)
     secret_name = "streamworker-prod" if which == "everything-on" else "rel-streamworker"
     for dep in by_kind(docs, "Deployment"):
+        is_api = container(dep)["args"][0] == "api"
+        required = {"REDIS_URL", "API_TOKENS"} if is_api else {"REDIS_URL"}
         env = env_of(container(dep))
         assert set(env) >= SECRET_VARIABLES
         for name in SECRET_VARIABLES:
             assert "value" not in env[name], f"{name} must come from a Secret"
             ref = env[name]["valueFrom"]["secretKeyRef"]
             assert ref["name"] == secret_name
-            assert ref["optional"] is (name != "REDIS_URL"), "REDIS_URL is required"
+            required = (
+                {"REDIS_URL", "API_TOKENS"} if "api" in container(dep)["args"] else {"REDIS_URL"}
+            )
+            assert ref["optional"] is (name not in required), f"{name} required: {required}"
     # KEDA reads the Redis password from the same Secret, by reference.
     for auth in by_kind(docs, "TriggerAuthentication"):
         for ref in auth["spec"]["secretTargetRef"]:
@@ -519,6 +559,11 @@ def test_autoscaling_auto_picks_keda_when_the_cluster_has_it() -> None:
     assert metric["resource"]["name"] == "cpu"
     assert hpa["spec"]["minReplicas"] == 1
     assert "replicas" not in deployment(without, "worker")["spec"]
+
+
+def test_api_needs_its_tokens_key() -> None:
+    error = render_error(sets=["api.enabled=true", "secrets.keys.API_TOKENS=null"])
+    assert "secrets.keys.API_TOKENS is required with api.enabled" in error
 
 
 @pytest.mark.parametrize(

@@ -73,22 +73,27 @@ the service promised to let finish. Call with (dict "root" $ "role" "worker" "gr
 {{- end }}
 {{- end }}
 
-{{/* Environment shared by every role: settings, secrets, the pod's own name. */}}
+{{/*
+Environment shared by every role: settings, secrets, the pod's own name. Call with
+(dict "root" $ "required" (list "REDIS_URL" ...)): a required key missing from the Secret
+keeps the pod from starting (CreateContainerConfigError) instead of starting it half set up.
+*/}}
 {{- define "streamworker.env" -}}
 - name: STREAMWORKER_CONSUMER
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
-{{- $secret := include "streamworker.secretName" . }}
-{{- range $var, $key := .Values.secrets.keys }}
+{{- $secret := include "streamworker.secretName" .root }}
+{{- $required := .required }}
+{{- range $var, $key := .root.Values.secrets.keys }}
 - name: {{ $var }}
   valueFrom:
     secretKeyRef:
       name: {{ $secret }}
       key: {{ $key }}
-      optional: {{ ne $var "REDIS_URL" }}
+      optional: {{ not (has $var $required) }}
 {{- end }}
-{{- with .Values.extraEnv }}
+{{- with .root.Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
 {{- end }}
