@@ -21,7 +21,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .api.devserver import serve_dev_api
 from .embedded import EmbeddedRedis
-from .hooks import Outcome, TaskEnd
+from .hooks import Outcome, ProducerHook, TaskEnd
+from .observability import build_observability
 from .producer import Producer, TaskSpec
 from .registry import default_registry
 from .settings import Settings
@@ -75,9 +76,12 @@ async def run_dev(settings: Settings, demo: bool, demo_count: int, exit_after_de
     else:
         console.print("[bold]streamworker dev[/]: using REDIS_URL")
     tally = _Tally()
-    worker = Worker(settings, hooks=[tally])
+    obs = build_observability(
+        settings, task_types=default_registry, process_metrics=True, install_global_tracer=True
+    )
+    worker = Worker(settings, hooks=[*obs.task_hooks, tally], metrics=obs.metrics)
     try:
-        async with anyio.create_task_group() as tg:
+        async with obs.running(), anyio.create_task_group() as tg:
             await tg.start(worker.run)
             api = await tg.start(serve_dev_api, settings, console)
             console.print(
@@ -85,7 +89,7 @@ async def run_dev(settings: Settings, demo: bool, demo_count: int, exit_after_de
                 f"{len(default_registry)} task types; Ctrl+C to stop"
             )
             if demo:
-                await _demo(settings, tally, demo_count)
+                await _demo(settings, tally, demo_count, obs.producer_hooks)
                 if exit_after_demo:
                     worker.stop()
                     api.stop()
@@ -101,9 +105,11 @@ async def run_dev(settings: Settings, demo: bool, demo_count: int, exit_after_de
             await anyio.to_thread.run_sync(embedded.close)
 
 
-async def _demo(settings: Settings, tally: _Tally, count: int) -> None:
+async def _demo(
+    settings: Settings, tally: _Tally, count: int, hooks: list[ProducerHook] | None = None
+) -> None:
     producer = Producer.from_settings(
-        settings, contracts=default_registry.contracts, require_known_type=True
+        settings, contracts=default_registry.contracts, require_known_type=True, hooks=hooks or ()
     )
     types = [t for t in DEMO_TYPES if t in default_registry]
     priorities = {

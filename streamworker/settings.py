@@ -70,6 +70,18 @@ class Settings:
     scheduler_lease_seconds: float = 5.0
     scheduler_misfire_grace_seconds: float = 60.0
     scheduler_tick_seconds: float = 1.0
+    # Observability (README "Observability"). Tracing follows the standard OTEL_* variables.
+    otel_sdk_disabled: bool = False
+    otel_traces_exporter: Literal["otlp", "console", "none"] | None = None
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_exporter_otlp_traces_endpoint: str | None = None
+    otel_exporter_otlp_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    otel_service_name: str = "background-tasks"
+    audit_enabled: bool = True
+    audit_service_url: str | None = None
+    audit_service_token: str | None = field(default=None, repr=False)
+    audit_stream_maxlen: int = 100_000
+    audit_buffer_size: int = 10_000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -102,6 +114,16 @@ class Settings:
             )
         if any(c.isspace() for c in self.consumer) or not self.consumer:
             raise ConfigError("STREAMWORKER_CONSUMER", "must be a non-empty name without spaces")
+
+    @property
+    def otel_enabled(self) -> bool:
+        """Tracing is on when an exporter is chosen or an OTLP endpoint is given, and the SDK
+        is not disabled; with nothing set it is off and no tracing hook is installed."""
+        if self.otel_sdk_disabled or self.otel_traces_exporter == "none":
+            return False
+        return self.otel_traces_exporter is not None or bool(
+            self.otel_exporter_otlp_endpoint or self.otel_exporter_otlp_traces_endpoint
+        )
 
     def with_overrides(self, **changes: Any) -> Settings:
         new = replace(self, **changes)
@@ -205,6 +227,12 @@ def _url(raw: str) -> str:
     return raw
 
 
+def _http_url(raw: str) -> str:
+    if not raw.startswith(("http://", "https://")) or len(raw) <= len("https://"):
+        raise ValueError("must be an http:// or https:// URL")
+    return raw
+
+
 @dataclass(frozen=True, slots=True)
 class _Var:
     name: str
@@ -247,4 +275,19 @@ _VARIABLES: tuple[_Var, ...] = (
     _Var("SCHEDULER_LEASE_SECONDS", "scheduler_lease_seconds", _number()),
     _Var("SCHEDULER_MISFIRE_GRACE_SECONDS", "scheduler_misfire_grace_seconds", _number()),
     _Var("SCHEDULER_TICK_SECONDS", "scheduler_tick_seconds", _number()),
+    _Var("OTEL_SDK_DISABLED", "otel_sdk_disabled", _bool),
+    _Var("OTEL_TRACES_EXPORTER", "otel_traces_exporter", _choice("otlp", "console", "none")),
+    _Var("OTEL_EXPORTER_OTLP_ENDPOINT", "otel_exporter_otlp_endpoint", _http_url),
+    _Var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "otel_exporter_otlp_traces_endpoint", _http_url),
+    _Var(
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "otel_exporter_otlp_protocol",
+        _choice("http/protobuf", "grpc"),
+    ),
+    _Var("OTEL_SERVICE_NAME", "otel_service_name", _name),
+    _Var("AUDIT_ENABLED", "audit_enabled", _bool),
+    _Var("AUDIT_SERVICE_URL", "audit_service_url", _http_url),
+    _Var("AUDIT_SERVICE_TOKEN", "audit_service_token", str),
+    _Var("AUDIT_STREAM_MAXLEN", "audit_stream_maxlen", _int(100)),
+    _Var("AUDIT_BUFFER_SIZE", "audit_buffer_size", _int(100, 10_000_000)),
 )

@@ -8,16 +8,21 @@ from typing import Annotated
 import anyio
 import typer
 
-from ..observability.logging import LoggingHook, configure_logging
-from ..registry import load_handler_modules
+from ..observability import Observability, build_observability
+from ..observability.logging import configure_logging
+from ..registry import default_registry, load_handler_modules
 from ..settings import Settings
 from ..worker import Worker
 from . import app, fail, load_settings
 from .common import redis_errors
 
 
-async def serve_until_signalled(worker: Worker) -> None:
+async def serve_until_signalled(worker: Worker, obs: Observability | None = None) -> None:
     """Run the worker; SIGTERM or SIGINT starts its graceful stop."""
+    if obs is not None:
+        async with obs.running():
+            await serve_until_signalled(worker)
+        return
     async with anyio.create_task_group() as tg:
         await tg.start(worker.run)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -43,11 +48,24 @@ def worker(
     settings = load_settings()
     if not settings.redis_url:
         fail("configuration error: REDIS_URL is required (e.g. redis://localhost:6379/0)", 2)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.otel_service_name, settings.consumer)
     _load_handlers(settings)
-    worker = Worker(settings, hooks=[LoggingHook(settings.consumer)], concurrency=concurrency)
+    obs = build_observability(
+        settings, task_types=default_registry, process_metrics=True, install_global_tracer=True
+    )
+    worker = Worker(settings, hooks=obs.task_hooks, concurrency=concurrency, metrics=obs.metrics)
     with redis_errors(settings):
-        anyio.run(serve_until_signalled, worker)
+        try:
+            anyio.run(serve_until_signalled, worker, obs)
+        except BaseExceptionGroup as group:
+            raise _single(group) from None
+
+
+def _single(error: BaseException) -> BaseException:
+    """The one error inside nested task-group wrappers, so it is reported as one line."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 @app.command()
@@ -64,7 +82,9 @@ def dev(
     from ..dev import run_dev
 
     settings = load_settings()
-    configure_logging("warning" if demo else settings.log_level)
+    configure_logging(
+        "warning" if demo else settings.log_level, settings.otel_service_name, settings.consumer
+    )
     _load_handlers(settings)
     with redis_errors(settings):
         anyio.run(run_dev, settings, demo, demo_count, exit_after_demo)

@@ -1,7 +1,12 @@
 """One JSON object per log line, with the seed's fields (CONTRACT.md §9).
 
-Records carry structured fields through ``extra=``; the formatter copies the known ones and
-anything else that is a plain value. Messages are event names, never payload text.
+Every line has ``timestamp``, ``level``, ``service``, ``event`` (the message: an event name,
+never payload text) and ``consumer``. While a task runs, :class:`LoggingHook` puts the task's
+fields (``task_id``, ``task_type``, ``retry_count``, ``priority``, ``correlation_id``) in a
+context variable, so every line logged during the run — the runner's ``task_retrying`` and
+``task_dead_lettered``, a handler's ``ctx.logger`` lines — carries them; when a span is current
+(tracing on), ``trace_id`` and ``span_id`` are added too. Exceptions are reduced to their class
+(``error_type``): messages and tracebacks may hold patient data.
 """
 
 from __future__ import annotations
@@ -9,11 +14,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from contextvars import ContextVar, Token
 from typing import Any
 
 import msgspec
 
-from ..hooks import Outcome, TaskEnd
+from ..hooks import Outcome, TaskEnd, WorkerEvent
 from ..wire import Rejected, Task
 
 __all__ = ["JsonFormatter", "LoggingHook", "configure_logging"]
@@ -21,11 +27,28 @@ __all__ = ["JsonFormatter", "LoggingHook", "configure_logging"]
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
 _encoder = msgspec.json.Encoder()
 
+#: The fields of the task running in this asyncio task (set by LoggingHook.before).
+_task_fields: ContextVar[dict[str, Any] | None] = ContextVar(
+    "streamworker_task_fields", default=None
+)
+
+
+def _current_trace_ids() -> tuple[str, str] | None:
+    """(trace_id, span_id) of the current span, when tracing is installed and a span is live."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:  # tracing never imported: nothing to look up
+        return None
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
 
 class JsonFormatter(logging.Formatter):
-    def __init__(self, service: str = "background-tasks") -> None:
+    def __init__(self, service: str = "background-tasks", consumer: str | None = None) -> None:
         super().__init__()
         self._service = service
+        self._consumer = consumer
 
     def format(self, record: logging.LogRecord) -> str:
         ts = record.created
@@ -37,6 +60,14 @@ class JsonFormatter(logging.Formatter):
             "event": record.getMessage(),
             "logger": record.name,
         }
+        if self._consumer:
+            doc["consumer"] = self._consumer
+        task = _task_fields.get()
+        if task:
+            doc.update(task)
+        ids = _current_trace_ids()
+        if ids is not None:
+            doc["trace_id"], doc["span_id"] = ids
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 doc[key] = (
@@ -48,9 +79,11 @@ class JsonFormatter(logging.Formatter):
         return _encoder.encode(doc).decode()
 
 
-def configure_logging(level: str = "info", service: str = "background-tasks") -> None:
+def configure_logging(
+    level: str = "info", service: str = "background-tasks", consumer: str | None = None
+) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(service))
+    handler.setFormatter(JsonFormatter(service, consumer))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -59,33 +92,16 @@ def configure_logging(level: str = "info", service: str = "background-tasks") ->
 
 
 class LoggingHook:
-    """task_started / task_completed / task_failed log lines from the life cycle."""
+    """task_started / task_completed / task_failed lines from the life cycle, and
+    task_reclaimed from worker events. The runner itself logs the decisions
+    (task_retrying, task_dead_lettered, task_deferred); this hook makes them carry the task's
+    fields. ``task_failed`` is the attempt's result with its ``duration_ms``."""
 
     def __init__(self, consumer: str) -> None:
         self._log = logging.getLogger("streamworker.task")
         self._consumer = consumer
 
-    def before(self, task: Task, started_at: float, enqueued_at: float) -> None:
-        if self._log.isEnabledFor(logging.DEBUG):
-            self._log.debug("task_started", extra=self._fields(task))
-
-    def after(self, task: Task, token: Any, end: TaskEnd) -> None:
-        if end.outcome is Outcome.COMPLETED:
-            if self._log.isEnabledFor(logging.INFO):
-                extra = self._fields(task)
-                extra["duration_ms"] = round(end.duration * 1000, 3)
-                self._log.info("task_completed", extra=extra)
-        elif end.outcome is Outcome.DEAD_LETTERED or end.outcome is Outcome.RETRYING:
-            extra = self._fields(task)
-            extra["duration_ms"] = round(end.duration * 1000, 3)
-            extra["outcome"] = end.outcome.value
-            extra["error_type"] = type(end.error).__name__ if end.error else None
-            self._log.warning("task_failed", extra=extra)
-
-    def rejected(self, rejected: Rejected, priority: str) -> None:
-        pass  # the runner already logs task_dead_lettered
-
-    def _fields(self, task: Task) -> dict[str, Any]:
+    def before(self, task: Task, started_at: float, enqueued_at: float) -> Token[Any]:
         fields: dict[str, Any] = {
             "task_id": task.task_id,
             "task_type": task.task_type,
@@ -95,4 +111,35 @@ class LoggingHook:
         }
         if task.correlation_id:
             fields["correlation_id"] = task.correlation_id
-        return fields
+        token = _task_fields.set(fields)
+        if self._log.isEnabledFor(logging.INFO):
+            self._log.info(
+                "task_started", extra={"wait_ms": round(max(0.0, started_at - enqueued_at) * 1000)}
+            )
+        return token
+
+    def after(self, task: Task, token: Any, end: TaskEnd) -> None:
+        try:
+            duration_ms = round(end.duration * 1000, 3)
+            if end.outcome is Outcome.COMPLETED:
+                if self._log.isEnabledFor(logging.INFO):
+                    self._log.info("task_completed", extra={"duration_ms": duration_ms})
+            elif end.outcome is Outcome.DEAD_LETTERED or end.outcome is Outcome.RETRYING:
+                self._log.warning(
+                    "task_failed",
+                    extra={
+                        "duration_ms": duration_ms,
+                        "outcome": end.outcome.value,
+                        "error_type": type(end.error).__name__ if end.error else None,
+                    },
+                )
+        finally:
+            if token is not None:
+                _task_fields.reset(token)
+
+    def rejected(self, rejected: Rejected, priority: str) -> None:
+        pass  # the runner already logs task_dead_lettered with the reason
+
+    def event(self, event: WorkerEvent, priority: str | None, count: int) -> None:
+        if event is WorkerEvent.RECLAIMED:
+            self._log.info("task_reclaimed", extra={"priority": priority, "count": count})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 import redis.asyncio as aioredis
@@ -26,6 +27,9 @@ from .reader import Reader, Slots
 from .retrying import until_done
 from .runner import Runner
 
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
 log = logging.getLogger("streamworker.worker")
 
 
@@ -38,6 +42,7 @@ class Worker:
         redis: aioredis.Redis | None = None,
         hooks: Sequence[TaskHook] = (),
         concurrency: int | None = None,
+        metrics: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else default_registry
@@ -74,9 +79,14 @@ class Worker:
             TaskHooks(hooks),
             Outbox(self.redis, self.keys.notification_outbox),
         )
+        self.metrics = metrics  # served with the queue gauges on METRICS_PORT when set
         self._stop = anyio.Event()
         self.in_flight = 0
         self.completed_runs = 0
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     def stop(self) -> None:
         """Ask for a graceful stop (what SIGTERM does)."""
@@ -85,11 +95,19 @@ class Worker:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
+        metrics_server = None
+        if self.settings.metrics_port is not None:
+            from ..observability.http import MetricsServer
+
+            # Bound first: a port in use stops the start with a clear error, nothing leaks.
+            metrics_server = await MetricsServer(self, self.metrics).bind()
         await until_done(self._prepare, what="start", max_delay=2.0)
         send, receive = anyio.create_memory_object_stream[Delivery](0)
         async with anyio.create_task_group() as services:
             await services.start(self.acker.run)
             await services.start(self.promoter.run)
+            if metrics_server is not None:
+                await services.start(metrics_server.run)
             async with anyio.create_task_group() as runners:
                 for _ in range(self.concurrency):
                     runners.start_soon(self._run_tasks, receive.clone())

@@ -1,0 +1,358 @@
+"""Audit events for every task (the seed's §Security): ``background_task_started`` and
+``background_task_completed`` with task id, type, priority, success and the error *class*
+(never its message: it may hold patient data).
+
+The hook only appends a small tuple to in-memory buffers; nothing on the hot path waits for
+Redis or the network. Background sinks drain the buffers:
+
+- :class:`StreamSink` XADDs batches to the bounded ``audit_events`` stream (``MAXLEN ~``) in
+  one pipeline per batch;
+- :class:`HttpForwarder` (when ``AUDIT_SERVICE_URL`` is set) POSTs batches as a JSON array
+  to the Audit Service, retrying with capped exponential backoff while it is unreachable.
+
+Each buffer is bounded (``AUDIT_BUFFER_SIZE``): when a sink falls that far behind, new events
+are dropped for that sink — counted (``streamworker_audit_events_dropped_total``) and logged,
+never silently, and never at the cost of holding up a task.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from itertools import islice
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx
+import msgspec
+import redis.asyncio as aioredis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..hooks import Outcome, TaskEnd
+from ..wire import Rejected, Task, format_time
+
+__all__ = ["AuditBuffer", "AuditCollector", "AuditHook", "HttpForwarder", "StreamSink"]
+
+log = logging.getLogger("streamworker.audit")
+
+STARTED = "background_task_started"
+COMPLETED = "background_task_completed"
+
+# (event_type, at, task_id, task_type, priority, attempt, success, outcome, error_type,
+#  duration_ms) -- a tuple is the cheapest thing to build on the hot path.
+Event = tuple[
+    str, float, str, str | None, str, int, bool | None, str | None, str | None, float | None
+]
+
+_json = msgspec.json.Encoder()
+
+
+def event_document(event: Event, service: str, consumer: str) -> dict[str, Any]:
+    kind, at, task_id, task_type, priority, attempt, success, outcome, error_type, ms = event
+    doc: dict[str, Any] = {
+        "event_type": kind,
+        "timestamp": format_time(at),
+        "service": service,
+        "consumer": consumer,
+        "task_id": task_id,
+        "task_type": task_type,
+        "priority": priority,
+        "attempt": attempt,
+    }
+    if kind == COMPLETED:
+        doc.update(success=success, outcome=outcome, error_type=error_type, duration_ms=ms)
+    return doc
+
+
+class AuditBuffer:
+    """A bounded FIFO for one sink; counts what it had to drop."""
+
+    def __init__(self, name: str, capacity: int) -> None:
+        self.name = name
+        self.capacity = capacity
+        self.items: deque[Event] = deque()
+        self.dropped = 0
+        self.sent = 0
+        self._reported_drops = 0
+
+    def put(self, event: Event) -> None:
+        if len(self.items) >= self.capacity:
+            self.dropped += 1
+            return
+        self.items.append(event)
+
+    def peek(self, n: int) -> list[Event]:
+        return list(islice(self.items, n))
+
+    def done(self, n: int, *, sent: bool = True) -> None:
+        for _ in range(n):
+            self.items.popleft()
+        if sent:
+            self.sent += n
+        else:
+            self.dropped += n
+
+    def report_drops(self) -> None:
+        """One warning per flush round in which events were dropped (not one per event)."""
+        if self.dropped != self._reported_drops:
+            log.warning(
+                "audit_events_dropped",
+                extra={
+                    "sink": self.name,
+                    "dropped": self.dropped - self._reported_drops,
+                    "dropped_total": self.dropped,
+                },
+            )
+            self._reported_drops = self.dropped
+
+
+class AuditHook:
+    """Appends the started/completed events of every task to each sink's buffer."""
+
+    def __init__(self, buffers: Sequence[AuditBuffer]) -> None:
+        self._buffers = tuple(buffers)
+
+    def _emit(self, event: Event) -> None:
+        for buffer in self._buffers:
+            buffer.put(event)
+
+    def before(self, task: Task, started_at: float, enqueued_at: float) -> None:
+        self._emit(
+            (
+                STARTED,
+                started_at,
+                task.task_id,
+                task.task_type,
+                task.priority,
+                task.retry_count + 1,
+                None,
+                None,
+                None,
+                None,
+            )
+        )
+
+    def after(self, task: Task, token: Any, end: TaskEnd) -> None:
+        error = end.error
+        self._emit(
+            (
+                COMPLETED,
+                time.time(),
+                task.task_id,
+                task.task_type,
+                task.priority,
+                task.retry_count + 1,
+                end.outcome is Outcome.COMPLETED,
+                end.outcome.value,
+                type(error).__name__ if error is not None else None,
+                round(end.duration * 1000, 3),
+            )
+        )
+
+    def rejected(self, rejected: Rejected, priority: str) -> None:
+        # Never started: one completed event saying why it was refused.
+        self._emit(
+            (
+                COMPLETED,
+                time.time(),
+                rejected.task_id or "unknown",
+                rejected.task_type,
+                priority,
+                0,
+                False,
+                Outcome.DEAD_LETTERED.value,
+                rejected.reason,
+                None,
+            )
+        )
+
+
+class _Sink:
+    """Drains one buffer in batches; retries a failed batch with capped backoff."""
+
+    name = "sink"
+
+    def __init__(
+        self,
+        buffer: AuditBuffer,
+        *,
+        service: str,
+        consumer: str,
+        batch_size: int,
+        interval: float = 0.2,
+        max_backoff: float = 30.0,
+        drain_timeout: float = 3.0,
+    ) -> None:
+        self.buffer = buffer
+        self._service = service
+        self._consumer = consumer
+        self._batch_size = batch_size
+        self._interval = interval
+        self._max_backoff = max_backoff
+        self._drain_timeout = drain_timeout
+        self.retries = 0
+
+    async def _send(self, batch: list[Event]) -> bool:
+        """Deliver a batch: True when done, False to drop it for good (not retryable).
+        Raises for a transient failure."""
+        raise NotImplementedError
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        try:
+            while True:
+                await anyio.sleep(self._interval)
+                await self._drain()
+        finally:
+            # Stopping: one last, bounded attempt to deliver what is buffered.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._drain_timeout):
+                await self._drain(retry=False)
+            left = len(self.buffer.items)
+            if left:
+                self.buffer.done(left, sent=False)
+            self.buffer.report_drops()
+
+    async def _drain(self, *, retry: bool = True) -> None:
+        delay = min(1.0, self._max_backoff)
+        failures = 0
+        while self.buffer.items:
+            batch = self.buffer.peek(self._batch_size)
+            try:
+                delivered = await self._send(batch)
+            except Exception as exc:
+                failures += 1
+                self.retries += 1
+                if failures == 1 or failures % 10 == 0:
+                    log.warning(
+                        "audit_delivery_failed",
+                        extra={
+                            "sink": self.name,
+                            "error_type": type(exc).__name__,
+                            "attempts": failures,
+                            "buffered": len(self.buffer.items),
+                        },
+                    )
+                self.buffer.report_drops()
+                if not retry:
+                    return
+                await anyio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(self._max_backoff, delay * 2)
+                continue
+            if failures:
+                log.info("audit_delivery_resumed", extra={"sink": self.name, "attempts": failures})
+                failures = 0
+                delay = min(1.0, self._max_backoff)
+            self.buffer.done(len(batch), sent=delivered)
+        self.buffer.report_drops()
+
+
+class StreamSink(_Sink):
+    """XADD to the bounded audit stream, one pipeline per batch."""
+
+    name = "stream"
+
+    def __init__(
+        self, buffer: AuditBuffer, redis: aioredis.Redis, stream: str, maxlen: int, **kw: Any
+    ) -> None:
+        super().__init__(buffer, batch_size=500, **kw)
+        self._redis = redis
+        self._stream = stream
+        self._maxlen = maxlen
+
+    async def _send(self, batch: list[Event]) -> bool:
+        pipe = self._redis.pipeline(transaction=False)
+        for event in batch:
+            doc = event_document(event, self._service, self._consumer)
+            fields: dict[Any, Any] = {k: _field(v) for k, v in doc.items() if v is not None}
+            pipe.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
+        await pipe.execute()
+        return True
+
+
+def _field(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class HttpForwarder(_Sink):
+    """POST batches (a JSON array of events) to the Audit Service."""
+
+    name = "http"
+
+    def __init__(
+        self,
+        buffer: AuditBuffer,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 5.0,
+        client: httpx.AsyncClient | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(buffer, batch_size=200, **kw)
+        self._url = url
+        headers = {"content-type": "application/json"}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        self._client = client or httpx.AsyncClient(timeout=timeout, headers=headers)
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with self._client:
+            await super().run(task_status=task_status)
+
+    async def _send(self, batch: list[Event]) -> bool:
+        body = _json.encode([event_document(e, self._service, self._consumer) for e in batch])
+        response = await self._client.post(self._url, content=body)
+        status = response.status_code
+        if status < 300:
+            return True
+        if status in (408, 425, 429) or status >= 500:
+            raise _Transient(f"HTTP {status}")
+        # A refusal that will not change by retrying (bad request, auth): drop, loudly.
+        log.error("audit_batch_refused", extra={"status_code": status, "events": len(batch)})
+        return False
+
+
+class _Transient(Exception):
+    pass
+
+
+class AuditCollector(Collector):
+    """Counters of the sinks, read at scrape time (no hot-path cost)."""
+
+    def __init__(self, sinks: Sequence[_Sink]) -> None:
+        self._sinks = tuple(sinks)
+
+    def collect(self) -> Iterable[Metric]:
+        sent = CounterMetricFamily(
+            "streamworker_audit_events_sent", "Audit events delivered, by sink.", labels=["sink"]
+        )
+        dropped = CounterMetricFamily(
+            "streamworker_audit_events_dropped",
+            "Audit events dropped (buffer full, refused, or left at shutdown), by sink.",
+            labels=["sink"],
+        )
+        retries = CounterMetricFamily(
+            "streamworker_audit_delivery_retries",
+            "Failed audit deliveries that were retried, by sink.",
+            labels=["sink"],
+        )
+        buffered = GaugeMetricFamily(
+            "streamworker_audit_events_buffered", "Audit events waiting, by sink.", labels=["sink"]
+        )
+        for sink in self._sinks:
+            sent.add_metric([sink.name], sink.buffer.sent)
+            dropped.add_metric([sink.name], sink.buffer.dropped)
+            retries.add_metric([sink.name], sink.retries)
+            buffered.add_metric([sink.name], len(sink.buffer.items))
+        return [sent, dropped, retries, buffered]

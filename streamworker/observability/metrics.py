@@ -1,0 +1,290 @@
+"""Prometheus metrics (CONTRACT.md §9): a life-cycle hook for what this process did, and a
+collector that reads the queues from Redis at scrape time.
+
+The hook counts runs, failures, retries, dead letters and waits as they happen. The queue
+gauges (``task_queue_size`` and friends) are not counters of this process: every scrape reads
+them from Redis through :func:`streamworker.stats.collect_stats` (cached for a moment, so a
+burst of scrapes costs one pipeline), so every replica reports the same truth.
+
+Labels are low-cardinality on purpose: task type (only registered types; anything else is
+``unknown``), priority, outcome, reason, event. Never a task id, a user id or error text.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Container, Iterable
+from typing import Any, Protocol
+
+import anyio
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
+
+from ..errors import Retry
+from ..hooks import Outcome, TaskEnd, WorkerEvent
+from ..keyspace import Keyspace
+from ..stats import QueueStats, collect_stats
+from ..wire import Rejected, Task
+from ..worker.runner import TaskTimeout
+
+__all__ = ["MetricsHook", "QueueCollector", "WorkerStateCollector", "failure_reason"]
+
+log = logging.getLogger("streamworker.metrics")
+
+# Handler run time: the seed's SLO is p95 < 5 s, so the buckets are dense around it.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Time an entry waited in its stream before a handler started (includes backlog).
+WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+UNKNOWN = "unknown"
+
+
+def failure_reason(end: TaskEnd) -> str:
+    """The ``reason`` label of a failed run: the dead-letter reason when it ended there,
+    else why the attempt failed (``timeout``, ``retry_requested`` or ``error``)."""
+    if end.dead_letter_reason:
+        return end.dead_letter_reason
+    if isinstance(end.error, TaskTimeout):
+        return "timeout"
+    if isinstance(end.error, Retry):
+        return "retry_requested"
+    return "error"
+
+
+class MetricsHook:
+    """Counts the task life cycle into ``registry``. Label children are cached, so the hot
+    path is a dict lookup and a locked add per series."""
+
+    def __init__(
+        self, registry: CollectorRegistry, known_task_types: Container[str] | None = None
+    ) -> None:
+        self._known = known_task_types
+        self.processed = Counter(
+            "tasks_processed",
+            "Task runs finished, by outcome (completed, retrying, dead_lettered, deferred, "
+            "cancelled); entries dead-lettered without a run count as dead_lettered.",
+            ["task_type", "priority", "outcome"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "task_processing_duration_seconds",
+            "Handler run time, whatever the outcome.",
+            ["task_type"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.failures = Counter(
+            "task_failures",
+            "Failed runs and rejected entries, by reason (a dead-letter reason, or timeout / "
+            "retry_requested / error for an attempt that will be retried).",
+            ["task_type", "reason"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "task_retries",
+            "Failed attempts scheduled for another try.",
+            ["task_type", "priority"],
+            registry=registry,
+        )
+        self.dead_lettered = Counter(
+            "task_dead_lettered",
+            "Entries moved to the dead-letter stream, by dlq_reason.",
+            ["priority", "reason"],
+            registry=registry,
+        )
+        self.reclaimed = Counter(
+            "task_reclaimed",
+            "Entries taken over from a stale consumer (XAUTOCLAIM).",
+            ["priority"],
+            registry=registry,
+        )
+        self.wait = Histogram(
+            "task_enqueue_to_start_seconds",
+            "Time from the entry's stream id (publish, retry or promotion) to the handler start.",
+            ["priority"],
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.redis_errors = Counter(
+            "streamworker_redis_errors",
+            "Redis calls that failed and were retried.",
+            [],
+            registry=registry,
+        )
+        self.redis_reconnects = Counter(
+            "streamworker_redis_reconnects",
+            "Times Redis answered again after errors.",
+            [],
+            registry=registry,
+        )
+        self.worker_events = Counter(
+            "streamworker_worker_events",
+            "Worker-level events (reclaimed, lease_renewed, reaped, deleted_pending, ...).",
+            ["event"],
+            registry=registry,
+        )
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def _task_type(self, task_type: str | None) -> str:
+        if not task_type or (self._known is not None and task_type not in self._known):
+            return UNKNOWN  # an unregistered type name comes from outside: unbounded
+        return task_type
+
+    # -- TaskHook -------------------------------------------------------------------------
+
+    def before(self, task: Task, started_at: float, enqueued_at: float) -> None:
+        self._child(self.wait, task.priority).observe(max(0.0, started_at - enqueued_at))
+
+    def after(self, task: Task, token: Any, end: TaskEnd) -> None:
+        outcome = end.outcome
+        self._child(self.processed, task.task_type, task.priority, outcome.value).inc()
+        self._child(self.duration, task.task_type).observe(end.duration)
+        if outcome is Outcome.RETRYING:
+            self._child(self.retries, task.task_type, task.priority).inc()
+            self._child(self.failures, task.task_type, failure_reason(end)).inc()
+        elif outcome is Outcome.DEAD_LETTERED:
+            reason = failure_reason(end)
+            self._child(self.failures, task.task_type, reason).inc()
+            self._child(self.dead_lettered, task.priority, reason).inc()
+
+    def rejected(self, rejected: Rejected, priority: str) -> None:
+        task_type = self._task_type(rejected.task_type)
+        self._child(self.processed, task_type, priority, Outcome.DEAD_LETTERED.value).inc()
+        self._child(self.failures, task_type, rejected.reason).inc()
+        self._child(self.dead_lettered, priority, rejected.reason).inc()
+
+    def event(self, event: WorkerEvent, priority: str | None, count: int) -> None:
+        self._child(self.worker_events, str(event)).inc(count)
+        if event is WorkerEvent.RECLAIMED:
+            self._child(self.reclaimed, priority or UNKNOWN).inc(count)
+        elif event is WorkerEvent.REAPED:
+            # The poison entries never finished a run: they count as failed, dead-lettered
+            # processing so that the failure ratio sees them.
+            reason = "max_deliveries_exceeded"
+            self._child(self.processed, UNKNOWN, priority or UNKNOWN, "dead_lettered").inc(count)
+            self._child(self.failures, UNKNOWN, reason).inc(count)
+            self._child(self.dead_lettered, priority or UNKNOWN, reason).inc(count)
+        elif event is WorkerEvent.REDIS_ERROR:
+            self.redis_errors.inc(count)
+        elif event is WorkerEvent.REDIS_RECONNECTED:
+            self.redis_reconnects.inc(count)
+
+
+class QueueCollector(Collector):
+    """Queue gauges read from Redis. ``refresh()`` (async, called by the scrape handler)
+    updates a cache that ``collect()`` (sync, called by the exposition) reads."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keyspace,
+        group: str,
+        *,
+        max_age: float = 2.0,
+        timeout: float = 3.0,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._group = group
+        self._max_age = max_age
+        self._timeout = timeout
+        self._stats: QueueStats | None = None
+        self._fetched_at = 0.0
+        self._up = False
+        self._lock = anyio.Lock()
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            if time.monotonic() - self._fetched_at < self._max_age:
+                return
+            try:
+                with anyio.fail_after(self._timeout):
+                    self._stats = await collect_stats(self._redis, self._keys, self._group)
+                self._up = True
+            except (RedisError, OSError, TimeoutError) as exc:
+                # Stale numbers would look like the truth: report the queues as unknown.
+                self._stats = None
+                self._up = False
+                log.warning("queue_stats_failed", extra={"error_type": type(exc).__name__})
+            self._fetched_at = time.monotonic()
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(None)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(self._stats)
+
+    def _families(self, stats: QueueStats | None) -> list[Metric]:
+        def per_priority(name: str, doc: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=["priority"])
+
+        size = per_priority(
+            "task_queue_size",
+            "Backlog per priority: consumer-group lag + pending (not XLEN). When Redis reports "
+            "lag as null (entries were deleted), lag = XLEN - pending.",
+        )
+        pending = per_priority("task_queue_pending", "Entries delivered and not yet acknowledged.")
+        lag = per_priority("task_queue_lag", "Entries not yet delivered to the consumer group.")
+        length = per_priority("task_queue_length", "XLEN of the priority stream.")
+        oldest = per_priority(
+            "task_queue_oldest_pending_age_seconds",
+            "Age of the oldest pending entry (0 when nothing is pending).",
+        )
+        consumers = per_priority("task_queue_consumers", "Consumers in the group.")
+        delayed = per_priority("task_delayed_size", "Entries parked until due (delay, retries).")
+        dead = GaugeMetricFamily("task_dead_letter_size", "Entries in the dead-letter stream.")
+        up = GaugeMetricFamily(
+            "task_queue_stats_up", "1 when the last read of the queue gauges from Redis worked."
+        )
+        up.add_metric([], 1.0 if stats is not None and self._up else 0.0)
+        families: list[Metric] = [up]
+        if stats is None:
+            return families
+        for p in stats.priorities:
+            labels = [p.priority]
+            size.add_metric(labels, p.backlog)
+            pending.add_metric(labels, p.pending)
+            lag.add_metric(labels, p.lag)
+            length.add_metric(labels, p.length)
+            oldest.add_metric(labels, p.oldest_pending_age_seconds or 0.0)
+            consumers.add_metric(labels, p.consumers)
+            delayed.add_metric(labels, p.delayed)
+        dead.add_metric([], stats.dead_letters)
+        return [*families, size, pending, lag, length, oldest, consumers, delayed, dead]
+
+
+class WorkerState(Protocol):
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def concurrency(self) -> int: ...
+
+
+class WorkerStateCollector(Collector):
+    """Handler slots in use and available, read from the worker itself (no hot-path cost)."""
+
+    def __init__(self, worker: WorkerState) -> None:
+        self._worker = worker
+
+    def collect(self) -> Iterable[Metric]:
+        in_flight = GaugeMetricFamily(
+            "streamworker_handlers_in_flight", "Handlers running now in this process."
+        )
+        in_flight.add_metric([], self._worker.in_flight)
+        slots = GaugeMetricFamily(
+            "streamworker_handler_slots", "Handlers this process may run at once (WORKER_COUNT)."
+        )
+        slots.add_metric([], self._worker.concurrency)
+        return [in_flight, slots]

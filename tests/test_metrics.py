@@ -1,0 +1,263 @@
+"""Prometheus metrics scraped over HTTP from a running worker, after a known workload."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamworker import PermanentError, Producer, Registry, Settings, TaskContext, TaskSpec, Worker
+from streamworker.embedded import free_port
+from streamworker.observability import build_observability
+from streamworker.settings import ConfigError
+from tests.conftest import running_worker, wait_for
+
+pytestmark = pytest.mark.anyio
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(port: int) -> tuple[Samples, str]:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}/metrics")
+    assert response.status_code == 200
+    text = response.text
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples, text
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def workload_registry(hold: anyio.Event) -> Registry:
+    registry = Registry()
+
+    @registry.handler("ok")
+    async def ok(payload: dict[str, Any], ctx: TaskContext) -> None:
+        return None
+
+    @registry.handler("flaky", max_retries=2)
+    async def flaky(payload: dict[str, Any], ctx: TaskContext) -> None:
+        raise ValueError("always")
+
+    @registry.handler("perm")
+    async def perm(payload: dict[str, Any], ctx: TaskContext) -> None:
+        raise PermanentError("no")
+
+    @registry.handler("hold")
+    async def held(payload: dict[str, Any], ctx: TaskContext) -> None:
+        await hold.wait()
+
+    return registry
+
+
+async def test_seed_metrics_and_queue_gauges_after_a_known_workload(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    hold = anyio.Event()
+    registry = workload_registry(hold)
+    settings = settings.with_overrides(metrics_port=free_port(), audit_enabled=False)
+    obs = build_observability(settings, task_types=registry, redis=redis)
+    assert obs.metrics is not None
+    producer = Producer.from_settings(settings, redis=redis, contracts=registry.contracts)
+    port = settings.metrics_port
+    assert port is not None
+    async with running_worker(settings, registry, hooks=obs.task_hooks, metrics=obs.metrics):
+        specs = [TaskSpec(task_type="ok", payload={}) for _ in range(100)]
+        specs += [TaskSpec(task_type="flaky", payload={}) for _ in range(10)]
+        specs += [TaskSpec(task_type="perm", payload={}) for _ in range(5)]
+        await producer.publish_many(specs)
+        # bad input from outside: an unregistered type name must not become a label
+        await redis.xadd(
+            f"{settings.prefix}normal_priority_tasks",
+            {"task_type": "patient-123-specific", "payload": "{}"},
+        )
+
+        async def settled() -> bool:
+            samples, _ = await scrape(port)
+            return (
+                value(
+                    samples,
+                    "tasks_processed_total",
+                    task_type="ok",
+                    priority="normal",
+                    outcome="completed",
+                )
+                == 100
+                and value(
+                    samples,
+                    "task_dead_lettered_total",
+                    priority="normal",
+                    reason="max_retries_exceeded",
+                )
+                == 10
+                and value(samples, "task_dead_letter_size") == 16
+            )
+
+        await wait_for(settled, timeout=60, interval=0.3)
+        samples, text = await scrape(port)
+
+        # the seed's names, with the counts the workload implies
+        assert (
+            value(
+                samples,
+                "tasks_processed_total",
+                task_type="flaky",
+                priority="normal",
+                outcome="retrying",
+            )
+            == 20
+        )
+        assert (
+            value(
+                samples,
+                "tasks_processed_total",
+                task_type="flaky",
+                priority="normal",
+                outcome="dead_lettered",
+            )
+            == 10
+        )
+        assert (
+            value(
+                samples,
+                "tasks_processed_total",
+                task_type="perm",
+                priority="normal",
+                outcome="dead_lettered",
+            )
+            == 5
+        )
+        assert (
+            value(
+                samples,
+                "tasks_processed_total",
+                task_type="unknown",
+                priority="normal",
+                outcome="dead_lettered",
+            )
+            == 1
+        )
+        assert value(samples, "task_failures_total", task_type="flaky", reason="error") == 20
+        assert (
+            value(samples, "task_failures_total", task_type="flaky", reason="max_retries_exceeded")
+            == 10
+        )
+        assert (
+            value(samples, "task_failures_total", task_type="perm", reason="permanent_failure") == 5
+        )
+        assert (
+            value(samples, "task_failures_total", task_type="unknown", reason="unknown_task_type")
+            == 1
+        )
+        assert value(samples, "task_processing_duration_seconds_count", task_type="ok") == 100
+        assert value(samples, "task_processing_duration_seconds_count", task_type="flaky") == 30
+        # beside them
+        assert value(samples, "task_retries_total", task_type="flaky", priority="normal") == 20
+        assert (
+            value(
+                samples, "task_dead_lettered_total", priority="normal", reason="permanent_failure"
+            )
+            == 5
+        )
+        assert (
+            value(
+                samples, "task_dead_lettered_total", priority="normal", reason="unknown_task_type"
+            )
+            == 1
+        )
+        assert value(samples, "task_enqueue_to_start_seconds_count", priority="normal") == 135
+        assert value(samples, "streamworker_handler_slots") == settings.worker_count
+        assert value(samples, "task_queue_stats_up") == 1
+        for priority in ("critical", "high", "normal", "low"):
+            assert value(samples, "task_queue_size", priority=priority) == 0
+            assert ("task_queue_size", frozenset({("priority", priority)})) in samples
+        assert "patient-123" not in text  # never a label value from outside
+
+        # a backlog: 12 held tasks on 8 slots = 8 pending + 4 not yet delivered
+        await producer.publish_many(
+            [TaskSpec(task_type="hold", payload={}, priority="low") for _ in range(12)]
+        )
+
+        async def backlog_seen() -> bool:
+            samples, _ = await scrape(port)
+            return (
+                value(samples, "task_queue_pending", priority="low") == 8
+                and value(samples, "streamworker_handlers_in_flight") == 8
+            )
+
+        await wait_for(backlog_seen, timeout=30, interval=0.3)
+        samples, _ = await scrape(port)
+        assert value(samples, "task_queue_size", priority="low") == 12  # lag + pending, not XLEN
+        assert value(samples, "task_queue_lag", priority="low") == 4
+        assert value(samples, "task_queue_consumers", priority="low") == 1
+        assert value(samples, "task_queue_oldest_pending_age_seconds", priority="low") >= 0
+        hold.set()
+
+        async def drained() -> bool:
+            samples, _ = await scrape(port)
+            return value(samples, "task_queue_size", priority="low") == 0
+
+        await wait_for(drained, timeout=30, interval=0.5)
+
+        async with httpx.AsyncClient() as client:
+            health = await client.get(f"http://127.0.0.1:{port}/healthz")
+            missing = await client.get(f"http://127.0.0.1:{port}/nope")
+            posted = await client.post(f"http://127.0.0.1:{port}/metrics")
+        assert health.status_code == 200
+        assert health.json()["status"] == "ok"
+        assert missing.status_code == 404
+        assert posted.status_code == 405
+    await producer.aclose()
+
+
+async def test_garbage_request_gets_400_and_server_keeps_serving(settings: Settings) -> None:
+    settings = settings.with_overrides(metrics_port=free_port(), audit_enabled=False)
+    port = settings.metrics_port
+    assert port is not None
+    async with running_worker(settings, Registry()):
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+        async with stream:
+            await stream.send(b"\x00\x01 not http at all\r\n\r\n")
+            reply = b""
+            with anyio.move_on_after(10):
+                while True:
+                    try:
+                        reply += await stream.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        break
+        assert reply.startswith(b"HTTP/1.1 400")
+        samples, _ = await scrape(port)
+        assert value(samples, "task_queue_stats_up") == 1
+
+
+async def test_metrics_port_in_use_is_a_clear_error(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = settings.with_overrides(metrics_port=port, audit_enabled=False)
+        worker = Worker(settings, registry=Registry(), redis=redis)
+        with pytest.raises(ConfigError, match=f"METRICS_PORT {port} cannot be listened on"):
+            await worker.run()
+    # The worker never ran: close the acker's queue it made up front.
+    worker.acker.close()
+    worker.acker._receive.close()
+
+
+def test_bad_metrics_port_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="METRICS_PORT"):
+        Settings.from_env({"METRICS_PORT": "http"})
+    with pytest.raises(ConfigError, match="METRICS_PORT"):
+        Settings.from_env({"METRICS_PORT": "70000"})
