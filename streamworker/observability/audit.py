@@ -185,6 +185,7 @@ class _Sink:
         consumer: str,
         batch_size: int,
         interval: float = 0.2,
+        first_backoff: float = 0.5,
         max_backoff: float = 30.0,
         drain_timeout: float = 3.0,
     ) -> None:
@@ -193,6 +194,7 @@ class _Sink:
         self._consumer = consumer
         self._batch_size = batch_size
         self._interval = interval
+        self._first_backoff = first_backoff
         self._max_backoff = max_backoff
         self._drain_timeout = drain_timeout
         self.retries = 0
@@ -220,7 +222,7 @@ class _Sink:
             self.buffer.report_drops()
 
     async def _drain(self, *, retry: bool = True) -> None:
-        delay = min(1.0, self._max_backoff)
+        delay = self._first_backoff
         failures = 0
         while self.buffer.items:
             batch = self.buffer.peek(self._batch_size)
@@ -248,7 +250,7 @@ class _Sink:
             if failures:
                 log.info("audit_delivery_resumed", extra={"sink": self.name, "attempts": failures})
                 failures = 0
-                delay = min(1.0, self._max_backoff)
+                delay = self._first_backoff
             self.buffer.done(len(batch), sent=delivered)
         self.buffer.report_drops()
 

@@ -1,0 +1,258 @@
+"""Audit events: written to the bounded audit stream, forwarded to the Audit Service over real
+HTTP with retries, and never holding up task processing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamworker import PermanentError, Producer, Registry, Settings, TaskContext, TaskSpec
+from streamworker.keyspace import Keyspace
+from streamworker.observability import build_observability
+from streamworker.observability.audit import (
+    AuditBuffer,
+    AuditCollector,
+    AuditHook,
+    HttpForwarder,
+    StreamSink,
+)
+from streamworker.settings import ConfigError
+from tests.conftest import running_worker, wait_for
+
+pytestmark = pytest.mark.anyio
+
+
+class AuditService:
+    """A local HTTP server standing in for the Audit Service: answers ``status`` while
+    ``status`` is not 200, and records the events it accepted."""
+
+    def __init__(self) -> None:
+        self.status = 503
+        self.accepted: list[dict[str, Any]] = []
+        self.refused_requests = 0
+        self.authorization: set[str | None] = set()
+        self.lock = threading.Lock()
+
+
+@contextmanager
+def audit_service() -> Iterator[tuple[AuditService, str]]:
+    service = AuditService()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            with service.lock:
+                service.authorization.add(self.headers.get("authorization"))
+                status = service.status
+                if status == 200:
+                    service.accepted.extend(json.loads(body))
+                else:
+                    service.refused_requests += 1
+            self.send_response(status)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield service, f"http://127.0.0.1:{server.server_address[1]}/api/v1/audit/events"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def noop_registry() -> Registry:
+    registry = Registry()
+
+    @registry.handler("noop")
+    async def noop(payload: dict[str, Any], ctx: TaskContext) -> None:
+        return None
+
+    @registry.handler("refuse")
+    async def refuse(payload: dict[str, Any], ctx: TaskContext) -> None:
+        raise PermanentError("refused for a reason that may name a patient")
+
+    return registry
+
+
+async def test_started_and_completed_events_go_to_the_audit_stream(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    registry = noop_registry()
+    obs = build_observability(settings, task_types=registry, redis=redis)
+    producer = Producer.from_settings(settings, redis=redis)
+    async with (
+        obs.running(),
+        running_worker(settings, registry, hooks=obs.task_hooks) as worker,
+    ):
+        ids = await producer.publish_many(
+            [TaskSpec(task_type="noop", payload={}) for _ in range(20)]
+            + [TaskSpec(task_type="refuse", payload={}, priority="high")]
+        )
+        await wait_for(lambda: worker.completed_runs == 21)
+    # leaving obs.running() flushed the buffer
+    entries = await redis.xrange(Keyspace(settings.prefix).audit_events)
+    events = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+    assert len(events) == 42
+    started = {e["task_id"] for e in events if e["event_type"] == "background_task_started"}
+    completed = {e["task_id"]: e for e in events if e["event_type"] == "background_task_completed"}
+    assert started == set(ids) == set(completed)
+    ok = completed[ids[0]]
+    assert ok["success"] == "true" and ok["task_type"] == "noop" and ok["priority"] == "normal"
+    assert "error_type" not in ok and float(ok["duration_ms"]) >= 0
+    failed = completed[ids[-1]]
+    assert failed["success"] == "false" and failed["outcome"] == "dead_lettered"
+    assert failed["error_type"] == "PermanentError" and failed["priority"] == "high"
+    assert all("patient" not in json.dumps(e) for e in events)  # the class, never the message
+    assert {e["consumer"] for e in events} == {settings.consumer}
+    await producer.aclose()
+
+
+async def test_audit_stream_is_bounded(settings: Settings, redis: aioredis.Redis) -> None:
+    stream = Keyspace(settings.prefix).audit_events
+    buffer = AuditBuffer("stream", 10_000)
+    sink = StreamSink(buffer, redis, stream, 200, service="s", consumer="c")
+    for i in range(3000):
+        buffer.put(
+            ("background_task_started", 0.0, f"t{i}", "noop", "normal", 1, None, None, None, None)
+        )
+    async with anyio.create_task_group() as tg:
+        await tg.start(sink.run)
+        await wait_for(lambda: buffer.sent == 3000)
+        tg.cancel_scope.cancel()
+    assert await redis.xlen(stream) < 1000  # MAXLEN ~ 200: trimmed in whole nodes
+
+
+async def test_forwarder_retries_and_never_holds_up_processing(
+    settings: Settings, redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = noop_registry()
+    tasks = 100
+    with audit_service() as (service, url):
+        buffer = AuditBuffer("http", 150)  # room for 75 tasks' events: the rest are dropped
+        forwarder = HttpForwarder(
+            buffer,
+            url,
+            token="audit-token",
+            service="s",
+            consumer="c",
+            first_backoff=0.05,
+            max_backoff=0.2,
+        )
+        producer = Producer.from_settings(settings, redis=redis)
+        caplog.set_level(logging.INFO, logger="streamworker.audit")
+        async with anyio.create_task_group() as tg:
+            await tg.start(forwarder.run)
+            async with running_worker(settings, registry, hooks=[AuditHook([buffer])]) as worker:
+                await producer.publish_many(
+                    [TaskSpec(task_type="noop", payload={}) for _ in range(tasks)]
+                )
+                # every task finishes while the Audit Service refuses everything
+                await wait_for(lambda: worker.completed_runs == tasks)
+                assert service.accepted == []
+                await wait_for(lambda: service.refused_requests >= 3)
+                service.status = 200
+                await wait_for(lambda: len(buffer.items) == 0)
+            tg.cancel_scope.cancel()
+    assert len(service.accepted) == 150 and buffer.sent == 150
+    assert buffer.dropped == 2 * tasks - 150  # counted, not silent
+    keys = [(e["event_type"], e["task_id"]) for e in service.accepted]
+    assert len(set(keys)) == len(keys)  # a retried batch is delivered once
+    assert service.authorization == {"Bearer audit-token"}
+    assert forwarder.retries >= 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert "audit_events_dropped" in messages and "audit_delivery_failed" in messages
+    assert "audit_delivery_resumed" in messages
+    registry_ = CollectorRegistry()
+    registry_.register(AuditCollector([forwarder]))
+    samples = {
+        (s.name, s.labels.get("sink")): s.value
+        for f in text_string_to_metric_families(generate_latest(registry_).decode())
+        for s in f.samples
+    }
+    assert samples[("streamworker_audit_events_dropped_total", "http")] == 50
+    assert samples[("streamworker_audit_events_sent_total", "http")] == 150
+    await producer.aclose()
+
+
+async def test_a_refused_batch_is_dropped_loudly_not_retried(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    with audit_service() as (service, url):
+        service.status = 400
+        buffer = AuditBuffer("http", 100)
+        forwarder = HttpForwarder(buffer, url, service="s", consumer="c")
+        for i in range(10):
+            buffer.put(
+                (
+                    "background_task_started",
+                    0.0,
+                    f"t{i}",
+                    "noop",
+                    "normal",
+                    1,
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+            )
+        async with anyio.create_task_group() as tg:
+            await tg.start(forwarder.run)
+            await wait_for(lambda: buffer.dropped == 10)
+            tg.cancel_scope.cancel()
+    assert service.refused_requests == 1 and forwarder.retries == 0
+    assert "audit_batch_refused" in [r.getMessage() for r in caplog.records]
+
+
+async def test_unreachable_audit_service_loses_no_task(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    from streamworker.embedded import free_port
+
+    registry = noop_registry()
+    settings = settings.with_overrides(audit_service_url=f"http://127.0.0.1:{free_port()}/events")
+    obs = build_observability(settings, task_types=registry, redis=redis)
+    producer = Producer.from_settings(settings, redis=redis)
+    async with (
+        obs.running(),
+        running_worker(settings, registry, hooks=obs.task_hooks) as worker,
+    ):
+        await producer.publish_many([TaskSpec(task_type="noop", payload={}) for _ in range(30)])
+        await wait_for(lambda: worker.completed_runs == 30)
+    http_sink = next(s for s in obs.sinks if s.name == "http")
+    assert http_sink.retries >= 1 and http_sink.buffer.sent == 0
+    assert http_sink.buffer.dropped == 60  # what was left at shutdown is counted as dropped
+    assert await redis.xlen(Keyspace(settings.prefix).audit_events) == 60
+    await producer.aclose()
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("AUDIT_SERVICE_URL", "audit-logging:8084"),
+        ("AUDIT_ENABLED", "sometimes"),
+        ("AUDIT_BUFFER_SIZE", "10"),
+        ("AUDIT_STREAM_MAXLEN", "-1"),
+    ],
+)
+def test_bad_audit_settings_name_the_variable(variable: str, raw: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        Settings.from_env({variable: raw})
