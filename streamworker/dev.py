@@ -76,8 +76,9 @@ async def run_dev(settings: Settings, demo: bool, demo_count: int, exit_after_de
     else:
         console.print("[bold]streamworker dev[/]: using REDIS_URL")
     tally = _Tally()
+    # metrics on even without METRICS_PORT: the dev API's /metrics serves them
     obs = build_observability(
-        settings, task_types=default_registry, process_metrics=True, install_global_tracer=True
+        settings, task_types=default_registry, metrics=True, process_wide=True
     )
     worker = Worker(settings, hooks=[*obs.task_hooks, tally], metrics=obs.metrics)
     try:

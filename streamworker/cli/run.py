@@ -50,9 +50,7 @@ def worker(
         fail("configuration error: REDIS_URL is required (e.g. redis://localhost:6379/0)", 2)
     configure_logging(settings.log_level, settings.otel_service_name, settings.consumer)
     _load_handlers(settings)
-    obs = build_observability(
-        settings, task_types=default_registry, process_metrics=True, install_global_tracer=True
-    )
+    obs = build_observability(settings, task_types=default_registry, process_wide=True)
     worker = Worker(settings, hooks=obs.task_hooks, concurrency=concurrency, metrics=obs.metrics)
     with redis_errors(settings):
         try:

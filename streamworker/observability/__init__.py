@@ -81,14 +81,16 @@ def build_observability(
     task_types: Container[str] | None = None,
     redis: aioredis.Redis | None = None,
     metrics: bool | None = None,
-    process_metrics: bool = False,
-    install_global_tracer: bool = False,
+    process_wide: bool = False,
 ) -> Observability:
     """Hooks for what the settings turn on.
 
     ``task_types``: the registered types, the only ones used as metric labels.
     ``redis``: the client for the audit stream (one is made from REDIS_URL if needed).
     ``metrics``: force the metrics hook on or off (default: on when METRICS_PORT is set).
+    ``process_wide``: for the one worker of a CLI process: count into prometheus_client's
+    default registry (with its process metrics, and what an API in the same process serves)
+    and make the tracer provider the global one (so handlers' own spans use it).
     """
     task_hooks: list[Any] = []
     producer_hooks: list[Any] = []
@@ -99,8 +101,8 @@ def build_observability(
         from .tracing import ProducerTracingHook, TracingHook, build_tracer_provider, tracer_from
 
         provider = build_tracer_provider(settings)
-        if install_global_tracer:
-            trace.set_tracer_provider(provider)  # so handlers' own spans use it too
+        if process_wide:
+            trace.set_tracer_provider(provider)
         tracer = tracer_from(provider)
         # First: the span is current for the other hooks' log lines, and ends last.
         task_hooks.append(
@@ -113,12 +115,12 @@ def build_observability(
     if metrics if metrics is not None else settings.metrics_port is not None:
         from .metrics import MetricsHook
 
-        registry = CollectorRegistry()
-        if process_metrics:
-            from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
+        if process_wide:
+            from prometheus_client import REGISTRY
 
-            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-                registry.register(collector)
+            registry = REGISTRY
+        else:
+            registry = CollectorRegistry()
         task_hooks.append(MetricsHook(registry, task_types))
 
     sinks: list[Any] = []
