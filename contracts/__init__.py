@@ -5,6 +5,14 @@ older producer keep decoding; unknown fields are ignored.
 """
 
 from .data import DataProcessing
+from .maintenance import DeadLetterAgeReport, StatusCleanupReport
 from .notifications import CareAlert, MedicationReminder, TestNotification
 
-__all__ = ["CareAlert", "DataProcessing", "MedicationReminder", "TestNotification"]
+__all__ = [
+    "CareAlert",
+    "DataProcessing",
+    "DeadLetterAgeReport",
+    "MedicationReminder",
+    "StatusCleanupReport",
+    "TestNotification",
+]

@@ -1,5 +1,5 @@
 """Domain handlers. Importing this package registers them with ``streamworker.handler``."""
 
-from . import data, notifications
+from . import data, maintenance, notifications
 
-__all__ = ["data", "notifications"]
+__all__ = ["data", "maintenance", "notifications"]

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from contextvars import ContextVar, Token
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
-__all__ = ["Outbox", "TaskContext"]
+if TYPE_CHECKING:
+    from .maintenance import Maintenance
+
+__all__ = ["Outbox", "TaskContext", "bind_maintenance"]
 
 _task_log = logging.getLogger("streamworker.task")
+
+# Bound by the worker before it starts its runner tasks, which inherit the binding (tasks copy
+# the context they are started from): the maintenance handlers reach Redis through it.
+_maintenance: ContextVar[Maintenance | None] = ContextVar("streamworker_maintenance", default=None)
+
+
+def bind_maintenance(maintenance: Maintenance | None) -> Token[Maintenance | None]:
+    """Make ``maintenance`` what ``ctx.maintenance`` returns in tasks started from here on."""
+    return _maintenance.set(maintenance)
 
 
 class Outbox:
@@ -61,6 +74,14 @@ class TaskContext:
         self.correlation_id = correlation_id
         self.outbox = outbox
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
+
+    @property
+    def maintenance(self) -> Maintenance:
+        """Housekeeping reports over the service's own keys (status hashes, dead letters)."""
+        found = _maintenance.get()
+        if found is None:
+            raise RuntimeError("no maintenance service bound: not running in a Worker")
+        return found
 
     @property
     def retry_count(self) -> int:

@@ -25,6 +25,7 @@ from .hooks import Outcome, ProducerHook, TaskEnd
 from .observability import build_observability
 from .producer import Producer, TaskSpec
 from .registry import default_registry
+from .scheduler import Scheduler, load_schedules
 from .settings import Settings
 from .stats import collect_stats
 from .wire import Rejected, Task
@@ -68,6 +69,8 @@ class _Tally:
 
 
 async def run_dev(settings: Settings, demo: bool, demo_count: int, exit_after_demo: bool) -> None:
+    # Checked before anything starts: a bad schedule is a configuration error (exit 2).
+    schedules = load_schedules(settings, default_registry)
     embedded: EmbeddedRedis | None = None
     if not settings.redis_url:
         embedded = await anyio.to_thread.run_sync(lambda: EmbeddedRedis().start())
@@ -81,23 +84,28 @@ async def run_dev(settings: Settings, demo: bool, demo_count: int, exit_after_de
         settings, task_types=default_registry, metrics=True, process_wide=True
     )
     worker = Worker(settings, hooks=[*obs.task_hooks, tally], metrics=obs.metrics)
+    scheduler = Scheduler(settings, schedules)
     try:
         async with obs.running(), anyio.create_task_group() as tg:
             await tg.start(worker.run)
+            await tg.start(scheduler.run)
             api = await tg.start(serve_dev_api, settings, console)
             console.print(
                 f"worker {settings.consumer} up: {worker.concurrency} handler slots, "
-                f"{len(default_registry)} task types; Ctrl+C to stop"
+                f"{len(default_registry)} task types, {len(scheduler.schedules)} schedules; "
+                "Ctrl+C to stop"
             )
             if demo:
                 await _demo(settings, tally, demo_count, obs.producer_hooks)
                 if exit_after_demo:
+                    scheduler.stop()
                     worker.stop()
                     api.stop()
                     return
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     console.print("stopping: letting in-flight tasks finish")
+                    scheduler.stop()
                     worker.stop()
                     api.stop()
                     break

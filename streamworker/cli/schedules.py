@@ -10,6 +10,7 @@ from typing import Annotated, TypeVar
 import anyio
 import msgspec
 import typer
+from prometheus_client import start_http_server
 from rich.console import Console
 from rich.table import Table
 
@@ -79,6 +80,12 @@ async def serve_scheduler(scheduler: Scheduler) -> None:
 def scheduler() -> None:
     """Publish recurring tasks on time; safe to run on every replica (one leads at a time)."""
     settings, schedules = _settings_and_schedules(logs=True)
+    if settings.metrics_port is not None:
+        # /metrics (and any other path, e.g. /healthz for the probes) from a daemon thread.
+        try:
+            start_http_server(settings.metrics_port)
+        except OSError as exc:
+            fail(f"cannot serve metrics on METRICS_PORT {settings.metrics_port}: {exc.strerror}")
     runner = Scheduler(settings, schedules)
     with redis_errors(settings):
         anyio.run(serve_scheduler, runner)

@@ -14,9 +14,10 @@ import redis.asyncio as aioredis
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..broker import Broker, connect
-from ..context import Outbox
+from ..context import Outbox, bind_maintenance
 from ..hooks import TaskHook, TaskHooks
 from ..keyspace import Keyspace
+from ..maintenance import Maintenance
 from ..registry import Registry, default_registry
 from ..settings import Settings
 from ..status import StatusStore
@@ -102,6 +103,8 @@ class Worker:
             # Bound first: a port in use stops the start with a clear error, nothing leaks.
             metrics_server = await MetricsServer(self, self.metrics).bind()
         await until_done(self._prepare, what="start", max_delay=2.0)
+        # The runner tasks started below inherit this binding (ctx.maintenance).
+        bind_maintenance(Maintenance(self.redis, self.keys, self.settings.completed_ttl_seconds))
         send, receive = anyio.create_memory_object_stream[Delivery](0)
         async with anyio.create_task_group() as services:
             await services.start(self.acker.run)
