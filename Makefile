@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 HELM := $(VENV)/bin/helm
 PYTHON ?= python3
 
-.PHONY: run test lint typecheck unit redis-server clean bench deploy-lint
+.PHONY: run test lint typecheck unit redis-server promtool clean bench deploy-lint
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ redis-server:
 	    echo "redis-server is not installed: install the Debian package redis-server (apt-get install redis-server) and retry" >&2; exit 1; \
 	  fi; }
 
+# promtool checks the alert rules (tests/test_alert_rules.py); Debian ships it in `prometheus`.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	  else \
+	    echo "promtool is not installed: install the Debian package prometheus (apt-get install prometheus) and retry" >&2; exit 1; \
+	  fi; }
+
 run: $(STAMP) redis-server
 	$(VENV)/bin/streamworker dev --demo
 
@@ -31,7 +40,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP) $(HELM) redis-server
+unit: $(STAMP) $(HELM) redis-server promtool
 	$(VENV)/bin/pytest -q
 
 # Real helm binary in the venv (Helm ships no PyPI/Debian package; see helm/tools/fetch_helm.py).

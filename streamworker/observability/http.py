@@ -65,7 +65,7 @@ class MetricsServer:
         self._host = host
         self._ping_interval = ping_interval
         self._queues = QueueCollector(worker.redis, worker.keys, worker.settings.group)
-        self._state = WorkerStateCollector(worker)
+        self._state = WorkerStateCollector(worker, worker.settings.visibility_timeout_seconds)
         self._redis_ok_at = time.monotonic()  # the worker just talked to Redis to start
         self.port: int | None = None
         self._listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = None

@@ -275,8 +275,9 @@ class WorkerState(Protocol):
 class WorkerStateCollector(Collector):
     """Handler slots in use and available, read from the worker itself (no hot-path cost)."""
 
-    def __init__(self, worker: WorkerState) -> None:
+    def __init__(self, worker: WorkerState, visibility_timeout: float | None = None) -> None:
         self._worker = worker
+        self._visibility_timeout = visibility_timeout
 
     def collect(self) -> Iterable[Metric]:
         in_flight = GaugeMetricFamily(
@@ -287,4 +288,13 @@ class WorkerStateCollector(Collector):
             "streamworker_handler_slots", "Handlers this process may run at once (WORKER_COUNT)."
         )
         slots.add_metric([], self._worker.concurrency)
-        return [in_flight, slots]
+        families: list[Metric] = [in_flight, slots]
+        if self._visibility_timeout is not None:
+            # For the alert "oldest pending older than the visibility timeout", whatever it is.
+            visibility = GaugeMetricFamily(
+                "streamworker_visibility_timeout_seconds",
+                "VISIBILITY_TIMEOUT_SECONDS of this worker.",
+            )
+            visibility.add_metric([], self._visibility_timeout)
+            families.append(visibility)
+        return families
