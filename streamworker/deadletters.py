@@ -20,7 +20,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 import anyio
@@ -426,24 +426,26 @@ class DeadLetters:
             summary.add(item)
         await self._mark_queued(requeued)
 
-    async def _mark_queued(self, requeued: Iterable[tuple[str, StreamFamily, DeadLetter]]) -> None:
-        """Status back to ``queued`` for the replayed tasks: one pipeline per chunk."""
-        if not self.status.enabled:
+    async def _mark_queued(self, requeued: Sequence[tuple[str, StreamFamily, DeadLetter]]) -> None:
+        """Status back to ``queued`` for the replayed tasks: one round trip per chunk."""
+        if not self.status.enabled or not requeued:
             return
         pipe = self.redis.pipeline(transaction=False)
-        for task_id, family, entry in requeued:
+        for task_id, _, _ in requeued:
             # the failed run's times no longer describe this task; last_error stays as history
             pipe.hdel(self.keys.status(task_id), "started_at", "completed_at")
-            self.status.write(
-                pipe,
-                task_id,
-                "queued",
-                task_type=entry.task_type,
-                priority=family.priority,
-                retry_count=0,
-            )
-        if len(pipe):
-            await pipe.execute()
+        self.status.write_many(
+            pipe,
+            [
+                (
+                    task_id,
+                    "queued",
+                    {"task_type": e.task_type, "priority": f.priority, "retry_count": 0},
+                )
+                for task_id, f, e in requeued
+            ],
+        )
+        await pipe.execute()
 
     # -- purge ------------------------------------------------------------------------------
 
