@@ -552,7 +552,13 @@ async def test_dead_letters_list_page_filter_and_replay(
     assert wrong_type.json()["entries"] == []
     by_reason = await api.get("/api/v1/dead-letters", params={"reason": "max_retries_exceeded"})
     assert len(by_reason.json()["entries"]) == 5
-    for params in ({"reason": "bogus"}, {"after": "x"}, {"limit": 0}):
+    for params in (
+        {"reason": "bogus"},
+        {"after": "x"},
+        {"limit": 0},
+        {"reasn": "max_retries_exceeded"},  # a misspelt filter must not widen the list
+        [("reason", "malformed"), ("reason", "too_large")],
+    ):
         bad = await api.get("/api/v1/dead-letters", params=params)
         assert bad.status_code == 400 and bad.json()["detail"], params
 

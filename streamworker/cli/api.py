@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import signal
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import anyio
 import msgspec
 import typer
 
-from ..api import ApiServer, create_app
 from ..broker import connect
 from ..cancel import CancelOutcome, CancelResult, TaskCanceller
 from ..keyspace import Keyspace
@@ -18,6 +17,10 @@ from ..registry import load_handler_modules
 from ..settings import ConfigError
 from . import app, fail, load_settings, run_async
 from .common import redis_errors
+
+if TYPE_CHECKING:
+    # Litestar and uvicorn load only for ``streamworker api``: the other commands stay quick.
+    from ..api import ApiServer
 
 
 async def _serve_until_signalled(server: ApiServer) -> None:
@@ -50,6 +53,8 @@ def api(
             "(or pass --insecure-no-auth)",
             2,
         )
+    from ..api import ApiServer, create_app
+
     configure_logging(settings.log_level)
     try:
         load_handler_modules(settings.handler_modules)

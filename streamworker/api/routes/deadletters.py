@@ -19,7 +19,7 @@ from litestar.params import JSONBody, QueryParameter
 from ...deadletters import DeadLetterPage, InvalidDeadLetterId, ReplaySummary
 from ..models import ErrorBody
 from ..services import services
-from .tasks import require_json
+from .checks import all_of, json_body, query_allowing
 
 __all__ = ["ReplayRequest", "list_dead_letters", "replay_dead_letters"]
 
@@ -54,6 +54,7 @@ class ReplayRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 @get(
     "/dead-letters",
+    before_request=query_allowing("task_type", "reason", "limit", "after"),
     summary="Dead letters, newest first (never their payloads), as `streamworker dlq list`",
     description="Pages by cursor: pass a page's next_cursor as `after` for the next one.",
     tags=["dead letters"],
@@ -81,7 +82,7 @@ async def list_dead_letters(
 @post(
     "/dead-letters/replay",
     status_code=200,
-    before_request=require_json,
+    before_request=all_of(query_allowing(), json_body),
     summary="Replay dead letters, as `streamworker dlq replay`",
     description=(
         "Puts each chosen entry back on its source stream with retry_count 0 and "

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
-from litestar import Request, Response, get, post
+from litestar import Response, get, post
 from litestar.datastructures import State
-from litestar.exceptions import ClientException, HTTPException, NotFoundException
+from litestar.exceptions import ClientException, NotFoundException
 from litestar.openapi import ResponseSpec
 from litestar.params import HeaderParameter, JSONBody, PathParameter
 
@@ -17,6 +17,7 @@ from ...status import TERMINAL_STATES, TaskStatus
 from ...wire import format_time
 from ..models import CancelConflict, CancelResponse, ErrorBody, SubmitRequest, SubmitResponse
 from ..services import ApiServices, services
+from .checks import all_of, json_body, query_allowing
 
 __all__ = ["cancel_task", "queue_stats", "submit_task", "task_status"]
 
@@ -29,17 +30,6 @@ _errors = {
 }
 
 
-async def require_json(request: Request[Any, Any, Any]) -> None:
-    """415 before the body is read when it is not declared as JSON."""
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type != "application/json" and not media_type.endswith("+json"):
-        raise HTTPException(
-            status_code=415, detail="the body must be JSON (Content-Type: application/json)"
-        )
-    if request.headers.get("content-length") == "0":
-        raise ClientException("the body is empty: send the task as a JSON object")
-
-
 def _not_found(task_id: str) -> NotFoundException:
     return NotFoundException(f"task {task_id} not found (unknown, or expired after its retention)")
 
@@ -47,7 +37,7 @@ def _not_found(task_id: str) -> NotFoundException:
 @post(
     "/tasks/submit",
     status_code=202,
-    before_request=require_json,
+    before_request=all_of(query_allowing(), json_body),
     summary="Submit a task",
     description=(
         "Validates the payload against the task type's contract and publishes it. A repeated "
@@ -133,6 +123,7 @@ async def _replayed(
 
 @get(
     "/tasks/{task_id:str}/status",
+    before_request=query_allowing(),
     summary="A task's status",
     description="Kept for COMPLETED_TTL_SECONDS after the task ends, then 404.",
     tags=["tasks"],
@@ -148,6 +139,7 @@ async def task_status(task_id: TaskId, state: State) -> TaskStatus:
 
 @post(
     "/tasks/{task_id:str}/cancel",
+    before_request=query_allowing(),
     status_code=200,
     summary="Cancel a queued or scheduled task",
     description=(
@@ -184,6 +176,7 @@ async def cancel_task(task_id: TaskId, state: State) -> Response[CancelResponse 
 
 @get(
     "/tasks/stats",
+    before_request=query_allowing(),
     summary="Queue statistics, as `streamworker stats --json`",
     tags=["tasks"],
     responses=_errors,
