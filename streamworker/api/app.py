@@ -35,6 +35,7 @@ from .errors import exception_handlers
 from .estimate import BacklogSampler
 from .routes.deadletters import list_dead_letters, replay_dead_letters
 from .routes.health import healthz, metrics, readyz
+from .routes.schedules import list_schedules, pause_schedule, resume_schedule, run_schedule
 from .routes.tasks import cancel_task, queue_stats, submit_task, task_status
 from .services import ApiServices
 
@@ -49,6 +50,10 @@ API_ROUTES: tuple[ControllerRouterHandler, ...] = (
     queue_stats,
     list_dead_letters,
     replay_dead_letters,
+    list_schedules,
+    run_schedule,
+    pause_schedule,
+    resume_schedule,
 )
 
 
@@ -105,6 +110,7 @@ def create_app(
             canceller=TaskCanceller(client, keys, settings.completed_ttl_seconds),
             dead_letters=DeadLetters(client, keys, settings.group, status=status),
             sampler=BacklogSampler(client, keys, settings.group, interval=sample_interval),
+            registry=registry,
         )
         app.state.services = svc
         try:

@@ -13,6 +13,7 @@ from ..cancel import TaskCanceller
 from ..deadletters import DeadLetters
 from ..keyspace import Keyspace
 from ..producer import Producer
+from ..registry import Registry
 from ..settings import Settings
 from ..status import StatusStore
 from .estimate import BacklogSampler
@@ -31,6 +32,7 @@ class ApiServices:
     canceller: TaskCanceller
     dead_letters: DeadLetters
     sampler: BacklogSampler
+    registry: Registry | None = None  # task types and schedules (None: the default registry)
 
 
 def services(state: State) -> ApiServices:
