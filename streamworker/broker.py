@@ -33,6 +33,9 @@ _SCRIPTS = (
     "publish_once",
     "replay",
     "publish_batch",
+    "reclaim",
+    "renew_leases",
+    "remove_idle_consumer",
 )
 
 #: Share of DEAD_LETTER_MAX_LENGTH past which ``dead_letters_near_capacity`` is logged.
@@ -55,6 +58,10 @@ def connect(url: str, **options: Any) -> aioredis.Redis:
     options.setdefault("socket_keepalive", True)
     options.setdefault("retry_on_timeout", False)
     return aioredis.Redis.from_url(url, decode_responses=False, **options)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _pairs(flat: Sequence[bytes] | Mapping[bytes, bytes] | None) -> Fields:
@@ -156,9 +163,11 @@ class Broker:
         flat = await self._eval("read_batch", keys, args)
         now = time.time()
         out = []
-        for j in range(0, len(flat), 3):
+        for j in range(0, len(flat), 4):
             family_index = order[flat[j] - 1]
-            out.append(Delivery(family_index, flat[j + 1], _pairs(flat[j + 2]), now))
+            out.append(
+                Delivery(family_index, flat[j + 1], _pairs(flat[j + 2]), now, int(flat[j + 3]))
+            )
         return out
 
     async def wait_for_entries(self, consumer: str, block_ms: int) -> list[Delivery]:
@@ -174,6 +183,87 @@ class Broker:
             for entry_id, fields in entries:
                 out.append(Delivery(index, entry_id, _pairs(fields), now))
         return out
+
+    async def flag_cancelled(self, deliveries: Sequence[Delivery]) -> int:
+        """Mark the deliveries whose task was cancelled. One EXISTS over the batch's cancel
+        markers answers the common case (none) in a single cheap command; only when some
+        exist are they told apart."""
+        candidates = [d for d in deliveries if d.task_id_field]
+        if not candidates:
+            return 0
+        keys = [
+            self.keys.cancelled((d.task_id_field or b"").decode(errors="replace"))
+            for d in candidates
+        ]
+        if not await self.redis.exists(*keys):
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.exists(key)
+        flagged = 0
+        for delivery, exists in zip(candidates, await pipe.execute(), strict=True):
+            if exists:
+                delivery.cancelled = True
+                flagged += 1
+        return flagged
+
+    # -- recovery ---------------------------------------------------------------------------
+
+    async def reclaim(
+        self, family_index: int, consumer: str, min_idle_ms: int, cursor: bytes, count: int
+    ) -> tuple[bytes, list[Delivery], int]:
+        """XAUTOCLAIM up to ``count`` stale entries of one stream, walking from ``cursor``.
+
+        Returns the next cursor (``0-0`` when the walk is complete), the claimed deliveries
+        with their delivery counts, and how many pending ids had lost their stream entry.
+        """
+        family = self.families[family_index]
+        next_cursor, flat, deleted = await self._eval(
+            "reclaim", [family.stream], [self.group, consumer, min_idle_ms, cursor, count]
+        )
+        now = time.time()
+        out = [
+            Delivery(family_index, flat[j], _pairs(flat[j + 1]), now, int(flat[j + 2]))
+            for j in range(0, len(flat), 3)
+        ]
+        return next_cursor, out, int(deleted)
+
+    async def renew_leases(self, consumer: str, entries: Mapping[int, Sequence[bytes]]) -> int:
+        """Reset the idle time of entries this consumer is running; returns how many were
+        no longer ours (taken over by another consumer)."""
+
+        def build(pipe: Any) -> None:
+            for index, ids in entries.items():
+                self._evalsha(
+                    pipe,
+                    "renew_leases",
+                    [self.families[index].stream],
+                    [self.group, consumer, *ids],
+                )
+
+        if not any(entries.values()):
+            return 0
+        results = await self._run_pipeline(build)
+        return sum(len(lost) for lost in results)
+
+    async def consumers(self, family_index: int) -> list[dict[str, Any]]:
+        stream = self.families[family_index].stream
+        try:
+            infos: list[dict[str, Any]] = await self.redis.xinfo_consumers(stream, self.group)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc) or "no such key" in str(exc):
+                return []
+            raise
+        return [{_text(k): v for k, v in info.items()} for info in infos]
+
+    async def remove_idle_consumer(self, family_index: int, name: str, min_idle_ms: int) -> bool:
+        """Delete ``name`` from the group of one stream if it owns nothing and is idle."""
+        removed = await self._eval(
+            "remove_idle_consumer",
+            [self.families[family_index].stream],
+            [self.group, name, min_idle_ms],
+        )
+        return bool(removed)
 
     # -- settling -------------------------------------------------------------------------
 

@@ -82,6 +82,8 @@ class Settings:
     audit_service_token: str | None = field(default=None, repr=False)
     audit_stream_maxlen: int = 100_000
     audit_buffer_size: int = 10_000
+    reclaim_interval_seconds: float = 5.0
+    consumer_idle_seconds: float = 3600.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -290,4 +292,6 @@ _VARIABLES: tuple[_Var, ...] = (
     _Var("AUDIT_SERVICE_TOKEN", "audit_service_token", str),
     _Var("AUDIT_STREAM_MAXLEN", "audit_stream_maxlen", _int(100)),
     _Var("AUDIT_BUFFER_SIZE", "audit_buffer_size", _int(100, 10_000_000)),
+    _Var("RECLAIM_INTERVAL_SECONDS", "reclaim_interval_seconds", _number()),
+    _Var("CONSUMER_IDLE_SECONDS", "consumer_idle_seconds", _number()),
 )

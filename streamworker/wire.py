@@ -51,13 +51,26 @@ Fields = dict[bytes, bytes]
 class Delivery:
     """One stream entry as read by a consumer: where it came from and its raw fields."""
 
-    __slots__ = ("entry_id", "family_index", "fields", "read_at")
+    __slots__ = ("cancelled", "deliveries", "entry_id", "family_index", "fields", "read_at")
 
-    def __init__(self, family_index: int, entry_id: bytes, fields: Fields, read_at: float) -> None:
+    def __init__(
+        self,
+        family_index: int,
+        entry_id: bytes,
+        fields: Fields,
+        read_at: float,
+        deliveries: int = 1,
+    ) -> None:
         self.family_index = family_index
         self.entry_id = entry_id
         self.fields = fields  # empty when the stream entry was deleted while pending
         self.read_at = read_at
+        self.deliveries = deliveries  # Redis's delivery count, this delivery included
+        self.cancelled = False  # its task was cancelled before it started
+
+    @property
+    def task_id_field(self) -> bytes | None:
+        return self.fields.get(b"task_id")
 
     @property
     def enqueued_at(self) -> float:

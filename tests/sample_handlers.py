@@ -32,6 +32,7 @@ def _key(name: str) -> str:
 async def record(payload: dict[str, Any], ctx: TaskContext) -> None:
     """Sleep ``sleep`` seconds, then count the run and remember the task id."""
     if payload.get("sleep"):
+        await _redis().sadd(_key("started"), ctx.task_id)
         await anyio.sleep(float(payload["sleep"]))
     pipe = _redis().pipeline(transaction=False)
     pipe.sadd(_key("done"), ctx.task_id)

@@ -40,6 +40,10 @@ class Acker:
         self.flushed_batches = 0
         self.finished = anyio.Event()
 
+    async def discard(self, family_index: int, entry_id: bytes) -> None:
+        """Acknowledge and delete an entry without writing any status."""
+        await self._send.send((family_index, entry_id, "", "", {}))
+
     async def complete(
         self, family_index: int, entry_id: bytes, task_id: str, fields: dict[str, Any]
     ) -> None:
@@ -118,6 +122,8 @@ class Acker:
         for family_index, entry_id, task_id, state, fields in batch:
             if entry_id is not None:
                 acks[family_index].append(entry_id)
+            if not task_id:
+                continue
             previous = writes.get(task_id)
             if previous is not None:
                 merged = dict(previous[1])

@@ -17,8 +17,10 @@ from anyio.streams.memory import MemoryObjectSendStream
 from redis.exceptions import ResponseError
 
 from ..broker import Broker
+from ..hooks import TaskHooks
 from ..wire import Delivery
-from .retrying import TRANSIENT
+from .outage import Outage
+from .retrying import TRANSIENT, until_done
 
 log = logging.getLogger("streamworker.worker")
 
@@ -61,6 +63,8 @@ class Reader:
         weights: Sequence[int] = (8, 4, 2, 1),
         block_ms: int = 1000,
         max_batch: int = 500,
+        check_cancelled: bool = False,
+        hooks: TaskHooks | None = None,
     ) -> None:
         self._broker = broker
         self._consumer = consumer
@@ -69,6 +73,8 @@ class Reader:
         self._weights = tuple(weights)
         self._block_ms = block_ms
         self._max_batch = max_batch
+        self._check_cancelled = check_cancelled
+        self._outage = Outage("read", hooks or TaskHooks())
         self.read_count = 0
 
     def plan(self, n: int) -> tuple[list[int], list[int]]:
@@ -136,30 +142,37 @@ class Reader:
         try:
             deliveries = await self._broker.read(self._consumer, n, order, quotas, start_ids)
         except TRANSIENT as exc:
-            log.warning("read_failed", extra={"error_type": type(exc).__name__})
-            await anyio.sleep(0.5)
+            await self._outage.failed(exc)
             return None
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             # The stream or group was deleted under us (e.g. FLUSHDB): recreate and go on.
             log.warning("group_missing_recreating")
-            await self._broker.ensure_groups()
+            await until_done(self._broker.ensure_groups, what="ensure_groups")
             return None
+        self._outage.ok()
+        await self._screen(deliveries)
         self.read_count += len(deliveries)
         return deliveries
+
+    async def _screen(self, deliveries: list[Delivery]) -> None:
+        """Flag cancelled tasks. The entries are already ours, so this must not give up."""
+        if deliveries and self._check_cancelled:
+            await until_done(lambda: self._broker.flag_cancelled(deliveries), what="cancel_check")
 
     async def _wait(self) -> list[Delivery]:
         try:
             deliveries = await self._broker.wait_for_entries(self._consumer, self._block_ms)
         except TRANSIENT as exc:
-            log.warning("read_failed", extra={"error_type": type(exc).__name__})
-            await anyio.sleep(0.5)
+            await self._outage.failed(exc)
             return []
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
-            await self._broker.ensure_groups()
+            await until_done(self._broker.ensure_groups, what="ensure_groups")
             return []
+        self._outage.ok()
+        await self._screen(deliveries)
         self.read_count += len(deliveries)
         return deliveries

@@ -17,7 +17,7 @@ import msgspec
 from ..broker import Broker, StatusWrite
 from ..context import Outbox, TaskContext
 from ..errors import Defer, PermanentError, Retry, StreamworkerError
-from ..hooks import Outcome, TaskEnd, TaskHooks
+from ..hooks import Outcome, TaskEnd, TaskHooks, WorkerEvent
 from ..registry import Registry, is_json_object
 from ..settings import Settings
 from ..wire import Delivery, Rejected, Task, decode_task, format_time
@@ -68,6 +68,21 @@ class Runner:
             await until_done(lambda: self._broker.ack_deleted(delivery), what="ack_deleted")
             self.deleted_acked += 1
             log.warning("pending_entry_deleted", extra={"entry_id": delivery.entry_id.decode()})
+            self._hooks.event(WorkerEvent.DELETED_PENDING, family.priority)
+            return
+        if delivery.cancelled:
+            # Cancelled while queued or scheduled: the status already says so; just let go.
+            await self._acker.discard(delivery.family_index, delivery.entry_id)
+            self._hooks.event(WorkerEvent.CANCELLED, family.priority)
+            log.info(
+                "task_cancelled_skipped",
+                extra={"task_id": (delivery.task_id_field or b"").decode(errors="replace")},
+            )
+            return
+        if delivery.deliveries > self._settings.max_deliveries:
+            # The reaper's rule: delivered too often without an outcome (its workers died —
+            # OOM, kill -9 — before any code could count a failure). Never run it again.
+            await self._reap(delivery)
             return
         task = decode_task(
             delivery.fields,
@@ -226,6 +241,25 @@ class Runner:
             delivery, task.task_id, task.task_type, reason, describe_error(error)
         )
         return TaskEnd(Outcome.DEAD_LETTERED, duration, error, dead_letter_reason=reason)
+
+    async def _reap(self, delivery: Delivery) -> None:
+        family = self._broker.families[delivery.family_index]
+        task = decode_task(
+            delivery.fields,
+            stream=family.stream,
+            entry_id=delivery.entry_id,
+            priority=family.priority,
+            max_payload_bytes=self._settings.max_payload_bytes,
+        )
+        await self._dead_letter(
+            delivery,
+            task.task_id or "unknown",
+            task.task_type,
+            "max_deliveries_exceeded",
+            f"delivered {delivery.deliveries} times without an outcome "
+            f"(MAX_DELIVERIES={self._settings.max_deliveries})",
+        )
+        self._hooks.event(WorkerEvent.REAPED, family.priority)
 
     async def _reject(self, delivery: Delivery, rejected: Rejected) -> None:
         task_id = rejected.task_id or "unknown"

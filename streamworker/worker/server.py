@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import redis.asyncio as aioredis
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..broker import Broker, connect
 from ..context import Outbox, bind_maintenance
@@ -23,8 +23,11 @@ from ..settings import Settings
 from ..status import StatusStore
 from ..wire import Delivery
 from .acker import Acker
+from .janitor import Janitor
+from .leases import Leases
 from .promoter import Promoter
 from .reader import Reader, Slots
+from .recoverer import Recoverer
 from .retrying import until_done
 from .runner import Runner
 
@@ -64,6 +67,7 @@ class Worker:
         self.slots = Slots(self.concurrency)
         self.acker = Acker(self.broker, capacity=4 * self.concurrency + 64)
         self.promoter = Promoter(self.broker, interval=settings.promote_interval_seconds)
+        self.hooks = TaskHooks(hooks)
         self.reader = Reader(
             self.broker,
             settings.consumer,
@@ -71,13 +75,33 @@ class Worker:
             mode=settings.priority_mode,
             weights=settings.priority_weights,
             block_ms=settings.read_block_ms,
+            check_cancelled=settings.track_status,
+            hooks=self.hooks,
+        )
+        self.recoverer = Recoverer(
+            self.broker,
+            settings.consumer,
+            self.slots,
+            self.hooks,
+            min_idle_seconds=settings.visibility_timeout_seconds,
+            interval=settings.reclaim_interval_seconds,
+            check_cancelled=settings.track_status,
+        )
+        self.leases = Leases(
+            self.broker,
+            settings.consumer,
+            self.hooks,
+            visibility_timeout=settings.visibility_timeout_seconds,
+        )
+        self.janitor = Janitor(
+            self.broker, settings.consumer, self.hooks, idle_seconds=settings.consumer_idle_seconds
         )
         self.runner = Runner(
             self.broker,
             self.registry,
             settings,
             self.acker,
-            TaskHooks(hooks),
+            self.hooks,
             Outbox(self.redis, self.keys.notification_outbox),
         )
         self.metrics = metrics  # served with the queue gauges on METRICS_PORT when set
@@ -109,6 +133,8 @@ class Worker:
         async with anyio.create_task_group() as services:
             await services.start(self.acker.run)
             await services.start(self.promoter.run)
+            await services.start(self.leases.run)
+            await services.start(self.janitor.run)
             if metrics_server is not None:
                 await services.start(metrics_server.run)
             async with anyio.create_task_group() as runners:
@@ -147,17 +173,25 @@ class Worker:
         await self.broker.load_scripts()
         await self.broker.ensure_groups()
 
-    async def _read(
-        self, send: anyio.abc.ObjectSendStream[Delivery], scope: anyio.CancelScope
-    ) -> None:
-        with scope:
-            await self.reader.run(send)  # type: ignore[arg-type]
-        await send.aclose()
+    async def _read(self, send: MemoryObjectSendStream[Delivery], scope: anyio.CancelScope) -> None:
+        # The reader (new and own pending entries) and the recoverer (other consumers' stale
+        # entries) feed the same runners; cancelling ``scope`` stops both. Closing every
+        # sender at the end (closing twice is harmless) is what ends the idle runners.
+        senders = (send.clone(), send.clone(), send)
+        try:
+            with scope:
+                async with anyio.create_task_group() as feeders:
+                    feeders.start_soon(self.recoverer.run, senders[0])
+                    feeders.start_soon(self.reader.run, senders[1])
+        finally:
+            for sender in senders:
+                sender.close()
 
     async def _run_tasks(self, receive: MemoryObjectReceiveStream[Delivery]) -> None:
         async with receive:
             async for delivery in receive:
                 self.in_flight += 1
+                self.leases.hold(delivery)
                 try:
                     await self.runner.run(delivery)
                 except Exception:
@@ -165,6 +199,7 @@ class Worker:
                     # reclaimed; the worker itself keeps going.
                     log.exception("runner_error", extra={"entry_id": delivery.entry_id.decode()})
                 finally:
+                    self.leases.release(delivery)
                     self.in_flight -= 1
                     self.completed_runs += 1
                     self.slots.give()

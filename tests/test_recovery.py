@@ -1,0 +1,245 @@
+"""Recovery against the real redis-server: XAUTOCLAIM of a dead consumer's entries, lease
+renewal of long handlers, the delivery-count reaper, consumer hygiene and cancelled tasks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from streamworker import Producer, Registry, Settings, TaskContext, TaskSpec
+from streamworker.keyspace import Keyspace
+from tests.conftest import running_worker, wait_for
+
+pytestmark = pytest.mark.anyio
+
+
+def fast_recovery(settings: Settings, **changes: Any) -> Settings:
+    return settings.with_overrides(
+        visibility_timeout_seconds=changes.pop("visibility_timeout_seconds", 0.5),
+        reclaim_interval_seconds=changes.pop("reclaim_interval_seconds", 0.1),
+        **changes,
+    )
+
+
+async def strand(redis: aioredis.Redis, settings: Settings, stream: str, count: int) -> None:
+    """Deliver ``count`` entries to a consumer that then 'dies' (never acknowledges)."""
+    await redis.xreadgroup(settings.group, "dead-consumer", {stream: ">"}, count=count)
+
+
+async def pending(redis: aioredis.Redis, stream: str, group: str) -> int:
+    return int((await redis.xpending(stream, group))["pending"])
+
+
+async def dead_letters(redis: aioredis.Redis, settings: Settings) -> list[dict[str, str]]:
+    entries = await redis.xrange(Keyspace(settings.prefix).dead_letters)
+    return [{k.decode(): v.decode(errors="replace") for k, v in f.items()} for _, f in entries]
+
+
+async def test_a_dead_consumers_entries_are_reclaimed_and_run(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    settings = fast_recovery(settings)
+    stream = Keyspace(settings.prefix).family("high").stream
+    producer = Producer.from_settings(settings)
+    ids = await producer.publish_many(
+        [TaskSpec(task_type="job", payload={"n": i}, priority="high") for i in range(30)]
+    )
+    ran: list[str] = []
+    registry = Registry()
+
+    @registry.handler("job")
+    async def job(payload: dict[str, Any], ctx: TaskContext) -> None:
+        ran.append(ctx.task_id)
+
+    await redis.xgroup_create(stream, settings.group, id="0", mkstream=True)
+    await strand(redis, settings, stream, 30)
+    # XAUTOCLAIM walks the pending list in COUNT-sized steps with a cursor; a small batch
+    # makes the walk take several calls.
+    async with running_worker(settings, registry) as worker:
+        worker.recoverer._max_batch = 7
+        await wait_for(lambda: len(ran) == 30)
+        await wait_for(lambda: _pending_is(redis, stream, settings.group, 0))
+        assert worker.recoverer.reclaimed == 30
+    assert sorted(ran) == sorted(ids)
+    await producer.aclose()
+
+
+async def _pending_is(redis: aioredis.Redis, stream: str, group: str, n: int) -> bool:
+    return await pending(redis, stream, group) == n
+
+
+async def test_pending_ids_whose_entry_was_deleted_are_counted_not_run(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    settings = fast_recovery(settings)
+    stream = Keyspace(settings.prefix).family("normal").stream
+    producer = Producer.from_settings(settings)
+    await producer.publish_many([TaskSpec(task_type="job", payload={}) for _ in range(4)])
+    await redis.xgroup_create(stream, settings.group, id="0", mkstream=True)
+    entries = await redis.xreadgroup(settings.group, "dead-consumer", {stream: ">"}, count=4)
+    stranded = [entry_id for entry_id, _ in entries[0][1]]
+    await redis.xdel(stream, *stranded[:2])
+    runs = 0
+    registry = Registry()
+
+    @registry.handler("job")
+    async def job(payload: dict[str, Any], ctx: TaskContext) -> None:
+        nonlocal runs
+        runs += 1
+
+    async with running_worker(settings, registry) as worker:
+        await wait_for(lambda: runs == 2)
+        await wait_for(lambda: _pending_is(redis, stream, settings.group, 0))
+        assert worker.recoverer.deleted == 2
+    assert runs == 2
+    await producer.aclose()
+
+
+async def test_a_long_handler_keeps_its_lease_and_runs_once_with_two_workers(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # The handler runs for 3x the visibility timeout; without lease renewal the second
+    # worker's recoverer would take it over and run it again.
+    settings = fast_recovery(settings, visibility_timeout_seconds=0.6)
+    runs: list[str] = []
+    registry = Registry()
+
+    @registry.handler("slow")
+    async def slow(payload: dict[str, Any], ctx: TaskContext) -> None:
+        runs.append(ctx.task_id)
+        await anyio.sleep(1.8)
+
+    producer = Producer.from_settings(settings)
+    task_id = await producer.publish("slow", {})
+    first = settings.with_overrides(consumer=settings.consumer + "-a")
+    second = settings.with_overrides(consumer=settings.consumer + "-b")
+    async with running_worker(first, registry) as a, running_worker(second, registry) as b:
+        await wait_for(lambda: _status_is(producer, redis, task_id, "completed"))
+        assert a.leases.renewed + b.leases.renewed >= 2
+        assert a.recoverer.reclaimed + b.recoverer.reclaimed == 0
+    assert runs == [task_id]
+    await producer.aclose()
+
+
+async def _status_is(producer: Producer, redis: aioredis.Redis, task_id: str, state: str) -> bool:
+    status = await producer.status.read(redis, task_id)
+    return status is not None and status.status == state
+
+
+async def test_an_entry_delivered_too_often_is_reaped_not_run(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    settings = fast_recovery(settings, max_deliveries=3)
+    family = Keyspace(settings.prefix).family("critical")
+    producer = Producer.from_settings(settings)
+    task_id = await producer.publish("poison", {"x": 1}, priority="critical")
+    await redis.xgroup_create(family.stream, settings.group, id="0", mkstream=True)
+    # Three deliveries to consumers that died before doing anything (as a task that kills
+    # its worker would leave it); the next claim would be the fourth.
+    await strand(redis, settings, family.stream, 1)
+    for _ in range(2):
+        await redis.xreadgroup(settings.group, "dead-consumer", {family.stream: "0"}, count=1)
+    runs = 0
+    registry = Registry()
+
+    @registry.handler("poison")
+    async def poison(payload: dict[str, Any], ctx: TaskContext) -> None:
+        nonlocal runs
+        runs += 1
+
+    async with running_worker(settings, registry):
+        await wait_for(lambda: _status_is(producer, redis, task_id, "failed"))
+    assert runs == 0
+    [dead] = await dead_letters(redis, settings)
+    assert dead["dlq_reason"] == "max_deliveries_exceeded"
+    assert dead["deliveries"] == "4"
+    assert dead["task_id"] == task_id
+    assert dead["source_stream"] == family.stream
+    assert {"source_id", "group", "consumer", "failed_at", "dlq_error", "payload"} <= set(dead)
+    assert await pending(redis, family.stream, settings.group) == 0
+    await producer.aclose()
+
+
+async def test_own_pending_entries_reread_on_restart_also_count_deliveries(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # A worker that keeps its name across restarts (a Kubernetes pod) re-reads its own
+    # pending entries at start: a poison task must not kill it forever.
+    settings = settings.with_overrides(max_deliveries=2)
+    stream = Keyspace(settings.prefix).family("normal").stream
+    producer = Producer.from_settings(settings)
+    await producer.publish("poison", {})
+    await redis.xgroup_create(stream, settings.group, id="0", mkstream=True)
+    await redis.xreadgroup(settings.group, settings.consumer, {stream: ">"}, count=1)
+    await redis.xreadgroup(settings.group, settings.consumer, {stream: "0"}, count=1)
+    registry = Registry()
+
+    @registry.handler("poison")
+    async def poison(payload: dict[str, Any], ctx: TaskContext) -> None:
+        raise AssertionError("must not run")
+
+    async with running_worker(settings, registry):
+        await wait_for(lambda: _dead_letter_count_is(redis, settings, 1))
+    [dead] = await dead_letters(redis, settings)
+    assert dead["dlq_reason"] == "max_deliveries_exceeded"
+    assert dead["deliveries"] == "3"
+    await producer.aclose()
+
+
+async def _dead_letter_count_is(redis: aioredis.Redis, settings: Settings, n: int) -> bool:
+    return len(await dead_letters(redis, settings)) == n
+
+
+async def test_idle_consumers_without_pending_entries_are_removed_others_kept(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    settings = settings.with_overrides(consumer_idle_seconds=0.4)
+    stream = Keyspace(settings.prefix).family("low").stream
+    producer = Producer.from_settings(settings)
+    await producer.publish("job", {}, priority="low")
+    await redis.xgroup_create(stream, settings.group, id="0", mkstream=True)
+    await redis.xreadgroup(settings.group, "gone-busy", {stream: ">"}, count=1)  # owns it
+    await redis.xgroup_createconsumer(stream, settings.group, "gone-empty")  # owns nothing
+    await anyio.sleep(0.5)
+    async with running_worker(settings, Registry()) as worker:
+        await wait_for(lambda: worker.janitor.removed >= 1)
+        consumers = {
+            c["name"].decode(): int(c["pending"])
+            for c in await redis.xinfo_consumers(stream, settings.group)
+        }
+    # The empty one is gone; the one that still owns an entry is never deleted (its entry
+    # would be lost); the worker's own consumer stays.
+    assert "gone-empty" not in consumers
+    assert consumers["gone-busy"] == 1
+    assert settings.consumer in consumers
+    await producer.aclose()
+
+
+async def test_a_cancelled_task_is_not_run(settings: Settings, redis: aioredis.Redis) -> None:
+    keys = Keyspace(settings.prefix)
+    producer = Producer.from_settings(settings)
+    kept, cancelled = await producer.publish_many(
+        [TaskSpec(task_type="job", payload={}), TaskSpec(task_type="job", payload={})]
+    )
+    # What a cancel does (the cancel service sets the status too): the marker is what the
+    # worker checks before starting.
+    await redis.set(keys.cancelled(cancelled), "1", ex=60)
+    await redis.hset(keys.status(cancelled), "status", "cancelled")
+    ran: list[str] = []
+    registry = Registry()
+
+    @registry.handler("job")
+    async def job(payload: dict[str, Any], ctx: TaskContext) -> None:
+        ran.append(ctx.task_id)
+
+    stream = keys.family("normal").stream
+    async with running_worker(settings, registry):
+        await wait_for(lambda: _status_is(producer, redis, kept, "completed"))
+        await wait_for(lambda: _pending_is(redis, stream, settings.group, 0))
+    assert ran == [kept]
+    assert await redis.xlen(stream) == 0  # acknowledged and deleted, not left behind
+    assert await _status_is(producer, redis, cancelled, "cancelled")
+    await producer.aclose()
