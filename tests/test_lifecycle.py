@@ -152,7 +152,6 @@ async def _count_at_least(redis: aioredis.Redis, key: str, n: int) -> bool:
     return int(await redis.scard(key)) >= n
 
 
-
 async def _set_size_is(redis: aioredis.Redis, key: str, n: int) -> bool:
     return await redis.scard(key) == n
 
