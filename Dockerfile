@@ -14,8 +14,8 @@ WORKDIR /src
 # Dependencies first, read from pyproject.toml alone: a code change reuses this layer.
 # Wheels only: the slim base has no compiler and the final image must not need one.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('/tmp/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
-    && pip install --no-cache-dir --only-binary=:all: -r /tmp/requirements.txt
+RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
+    && pip install --no-cache-dir --only-binary=:all: -r requirements.txt
 COPY README.md ./
 COPY streamworker ./streamworker
 COPY handlers ./handlers

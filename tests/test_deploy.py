@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.server
 import importlib.util
 import json
+import shlex
 import shutil
 import signal
 import socket
@@ -134,6 +135,19 @@ def test_image_contains_every_installed_package() -> None:
     assert ignore[0] == "**", "everything is excluded first, then the sources let in"
     assert not any(line.startswith("!") and (".venv" in line or ".git" in line) for line in ignore)
     assert pyproject["project"]["scripts"]["streamworker"] == "streamworker.cli:main"
+
+
+def test_builder_reads_dependencies_from_pyproject(tmp_path: Path) -> None:
+    """Run the builder's dependency step (its python -c) on the real pyproject.toml."""
+    step = next(line for line in _dockerfile_stages()[0] if "tomllib" in line)
+    tokens = shlex.split(step.removeprefix("RUN "))
+    code = tokens[tokens.index("-c") + 1]
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    result = run(sys.executable, "-c", code, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    wanted = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert (tmp_path / "requirements.txt").read_text().splitlines() == wanted
+    assert "-r requirements.txt" in step and "--only-binary=:all:" in step
 
 
 @pytest.mark.parametrize("role", IMAGE_ROLES)
