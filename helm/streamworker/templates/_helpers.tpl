@@ -93,6 +93,10 @@ keeps the pod from starting (CreateContainerConfigError) instead of starting it 
       key: {{ $key }}
       optional: {{ not (has $var $required) }}
 {{- end }}
+{{- if .root.Values.scheduler.schedules }}
+- name: SCHEDULES_FILE
+  value: /etc/streamworker/schedules.yaml
+{{- end }}
 {{- with .root.Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -107,11 +111,21 @@ keeps the pod from starting (CreateContainerConfigError) instead of starting it 
 - name: tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- if .Values.scheduler.schedules }}
+- name: schedules
+  configMap:
+    name: {{ include "streamworker.fullname" . }}-schedules
+{{- end }}
 {{- end }}
 
 {{- define "streamworker.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
+{{- if .Values.scheduler.schedules }}
+- name: schedules
+  mountPath: /etc/streamworker
+  readOnly: true
+{{- end }}
 {{- end }}
 
 {{/* An httpGet probe from a values block; call with (dict "probe" $p "port" "metrics"). */}}
