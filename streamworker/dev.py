@@ -89,7 +89,7 @@ async def run_dev(settings: Settings, demo: bool, demo_count: int, exit_after_de
         async with obs.running(), anyio.create_task_group() as tg:
             await tg.start(worker.run)
             await tg.start(scheduler.run)
-            api = await tg.start(serve_dev_api, settings, console)
+            api = await tg.start(serve_dev_api, settings, console, obs.producer_hooks)
             console.print(
                 f"worker {settings.consumer} up: {worker.concurrency} handler slots, "
                 f"{len(default_registry)} task types, {len(scheduler.schedules)} schedules; "

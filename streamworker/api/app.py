@@ -25,6 +25,7 @@ from .. import __version__
 from ..broker import Broker, connect
 from ..cancel import TaskCanceller
 from ..deadletters import DeadLetters
+from ..hooks import ProducerHook
 from ..keyspace import Keyspace
 from ..producer import Producer
 from ..registry import Registry, default_registry
@@ -64,13 +65,15 @@ def create_app(
     redis: aioredis.Redis | None = None,
     allow_no_auth: bool = False,
     extra_api_routes: Sequence[ControllerRouterHandler] = (),
+    producer_hooks: Sequence[ProducerHook] = (),
     sample_interval: float = 1.0,
 ) -> Litestar:
     """The API over ``settings``' Redis (or the given client, which the caller then closes).
 
     Task types and their contracts come from ``registry`` (the default registry, filled by
     importing ``STREAMWORKER_HANDLERS``, unless given). Without ``API_TOKENS`` the app is
-    refused unless ``allow_no_auth`` is true.
+    refused unless ``allow_no_auth`` is true. ``producer_hooks`` see every submit (the
+    tracing hook makes its PRODUCER span).
     """
     if not settings.api_tokens and not allow_no_auth:
         raise ConfigError(
@@ -99,6 +102,7 @@ def create_app(
             max_payload_bytes=settings.max_payload_bytes,
             idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
             status=status,
+            hooks=producer_hooks,
         )
         svc = ApiServices(
             settings=settings,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import secrets
 import socket
+from collections.abc import Sequence
 
 import anyio
 import anyio.abc
 from rich.console import Console
 from rich.markup import escape
 
+from ..hooks import ProducerHook
 from ..settings import Settings
 from .app import create_app
 from .server import ApiServer
@@ -31,6 +33,7 @@ def _bind(port: int) -> socket.socket:
 async def serve_dev_api(
     settings: Settings,
     console: Console,
+    producer_hooks: Sequence[ProducerHook] = (),
     *,
     task_status: anyio.abc.TaskStatus[ApiServer] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -42,7 +45,7 @@ async def serve_dev_api(
         token_shown = secrets.token_urlsafe(24)
         settings = settings.with_overrides(api_tokens=(token_shown,))
     sock = _bind(settings.port)
-    server = ApiServer(create_app(settings), sock=sock)
+    server = ApiServer(create_app(settings, producer_hooks=producer_hooks), sock=sock)
     async with anyio.create_task_group() as tg:
         await tg.start(server.serve)
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"

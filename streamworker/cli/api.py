@@ -12,6 +12,7 @@ import typer
 from ..broker import connect
 from ..cancel import CancelOutcome, CancelResult, TaskCanceller
 from ..keyspace import Keyspace
+from ..observability import Observability, build_observability
 from ..observability.logging import configure_logging
 from ..registry import load_handler_modules
 from ..settings import ConfigError
@@ -23,8 +24,8 @@ if TYPE_CHECKING:
     from ..api import ApiServer
 
 
-async def _serve_until_signalled(server: ApiServer) -> None:
-    async with anyio.create_task_group() as tg:
+async def _serve_until_signalled(server: ApiServer, obs: Observability) -> None:
+    async with obs.running(), anyio.create_task_group() as tg:
         await tg.start(server.serve)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
@@ -60,12 +61,16 @@ def api(
         load_handler_modules(settings.handler_modules)
     except ImportError as exc:
         fail(str(exc))
+    # Tracing for submits (PRODUCER spans); /metrics serves the process's default registry.
+    obs = build_observability(settings, metrics=False, process_wide=True)
     try:
-        application = create_app(settings, allow_no_auth=insecure_no_auth)
+        application = create_app(
+            settings, allow_no_auth=insecure_no_auth, producer_hooks=obs.producer_hooks
+        )
     except ConfigError as exc:
         fail(str(exc), 2)
     server = ApiServer(application, host=host, port=port or settings.port)
-    anyio.run(_serve_until_signalled, server)
+    anyio.run(_serve_until_signalled, server, obs)
 
 
 @app.command()
