@@ -85,6 +85,12 @@ async def load(url: str, seconds: float, concurrency: int) -> dict[str, object]:
     }
 
 
+def _process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -125,7 +131,12 @@ def main() -> None:
                     if time.monotonic() > deadline or server.poll() is not None:
                         raise SystemExit("streamworker api did not start") from None
                     time.sleep(0.1)
+            cpu_before = _process_cpu_seconds(server.pid)
             result = anyio.run(load, f"http://127.0.0.1:{port}", args.seconds, args.concurrency)
+            server_cpu = _process_cpu_seconds(server.pid) - cpu_before
+            # CPU the API process spent per request: the shared machine's load does not change
+            # it, so 1000 / this is what one free core would serve.
+            result["server_cpu_ms_per_request"] = round(server_cpu / result["requests"] * 1000, 2)  # type: ignore[operator]
         finally:
             server.terminate()
             server.wait(30)

@@ -21,7 +21,7 @@ __all__ = ["serve_dev_api"]
 
 def _bind(port: int) -> socket.socket:
     """The loopback socket on ``port``, or on a free port when that one is taken."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(("127.0.0.1", port))

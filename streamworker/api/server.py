@@ -35,6 +35,11 @@ class ApiServer:
         access_log: bool = False,
     ) -> None:
         self._sock = sock
+        if sock is not None:
+            # asyncio turns Nagle off only on sockets made with IPPROTO_TCP; otherwise the
+            # response's header and body writes wait on the client's delayed ACK (~40 ms).
+            # Accepted connections inherit the option from the listening socket.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         config = uvicorn.Config(
             app,
             host=host,
