@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
-from streamworker import Registry, Settings, TaskContext
+from streamworker import ConfigError, Registry, Settings, TaskContext
 from streamworker.keyspace import Keyspace
 from streamworker.scheduler import (
     Schedule,
@@ -218,6 +219,8 @@ async def test_misfire_policies_after_an_outage_with_a_manual_clock(
     t0 = (int(time.time()) // 60) * 60 - 2 * DAY  # in the past: entries go straight to streams
     clock = ManualClock(t0 + 0.5)
     keys = Keyspace(settings.prefix)
+    skipped_before = _metric("scheduler_misfires_skipped_total", schedule="skip")
+    fired_before = _metric("scheduler_fires_total", schedule="all5")
     scheduler = Scheduler(settings, schedules, registry=registry, redis=redis, clock=clock)
     assert await scheduler.lease.try_acquire()
     await scheduler.tick()  # first sight: cursors start at t0, nothing back-filled
@@ -239,6 +242,8 @@ async def test_misfire_policies_after_an_outage_with_a_manual_clock(
         after + 60 * i for i in range(5, 11)
     }
     assert not _occurrences(fired, "off")
+    assert _metric("scheduler_misfires_skipped_total", schedule="skip") - skipped_before == 9
+    assert _metric("scheduler_fires_total", schedule="all5") - fired_before == 2 + 6
     assert all(v == 1 for n in ("skip", "once", "all5") for v in _occurrences(fired, n).values())
     await scheduler.lease.release()
 
@@ -254,6 +259,18 @@ async def test_misfire_policies_after_an_outage_with_a_manual_clock(
     states = await replacement.state.read_all()
     assert states["skip"].last_fire == (int(clock.t) // 60) * 60
     await replacement.lease.release()
+
+
+def _metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_grace_shorter_than_a_takeover_is_refused(settings: Settings) -> None:
+    with pytest.raises(ConfigError, match="SCHEDULER_MISFIRE_GRACE_SECONDS must be at least"):
+        Scheduler(
+            settings.with_overrides(scheduler_lease_seconds=30, scheduler_misfire_grace_seconds=45),
+            [],
+        )
 
 
 async def test_old_leader_cannot_write_state_after_losing_the_lease(
@@ -466,6 +483,10 @@ async def test_cli_list_pause_resume_run_and_bad_config(
     assert table.returncode == 0 and "hourly" in table.stdout and "active" in table.stdout
     unknown = _cli(env, "schedules", "pause", "nope")
     assert unknown.returncode == 1 and "no schedule named 'nope'" in unknown.stderr
+    down = _cli({**env, "REDIS_URL": "redis://127.0.0.1:1/0"}, "schedules", "list")
+    assert down.returncode == 1 and down.stderr.strip().splitlines() == [
+        "error: cannot reach Redis at redis://127.0.0.1:1/0: ConnectionError"
+    ]
 
     for command, bad, message in (
         (("scheduler",), "{name: broken, cron: '0 25 * * *', task_type: noop}", "'broken'"),

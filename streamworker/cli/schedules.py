@@ -86,9 +86,8 @@ def scheduler() -> None:
             start_http_server(settings.metrics_port)
         except OSError as exc:
             fail(f"cannot serve metrics on METRICS_PORT {settings.metrics_port}: {exc.strerror}")
-    runner = Scheduler(settings, schedules)
-    with redis_errors(settings):
-        anyio.run(serve_scheduler, runner)
+    with redis_errors(settings):  # also turns a ConfigError into exit status 2
+        anyio.run(serve_scheduler, Scheduler(settings, schedules))
 
 
 def _with_control(

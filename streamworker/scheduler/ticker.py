@@ -27,7 +27,7 @@ from ..errors import InvalidTask
 from ..keyspace import Keyspace
 from ..producer import Producer
 from ..registry import Registry, default_registry
-from ..settings import Settings
+from ..settings import ConfigError, Settings
 from .lease import LeaderLease
 from .metrics import FIRES, LAST_FIRE, MISFIRES_SKIPPED
 from .occurrences import next_after, plan_due
@@ -72,6 +72,14 @@ class Scheduler:
         redis: aioredis.Redis | None = None,
         clock: Clock | None = None,
     ) -> None:
+        if settings.scheduler_misfire_grace_seconds < 2 * settings.scheduler_lease_seconds:
+            # A takeover after a leader dies takes up to ~1.3 lease times; occurrences of that
+            # gap must still count as on time, or the skip policy would drop them.
+            raise ConfigError(
+                "SCHEDULER_MISFIRE_GRACE_SECONDS",
+                "must be at least twice SCHEDULER_LEASE_SECONDS, so a leader takeover "
+                "does not turn occurrences into misfires",
+            )
         self.settings = settings
         self.schedules = [s for s in schedules if s.enabled]
         self._owns_redis = redis is None
