@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import msgspec
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -104,25 +105,24 @@ def list_(
         return
     table = Table(
         title=f"dead letters: {len(page.entries)} shown of {page.total}, newest first",
+        box=box.SIMPLE_HEAD,  # no inner rules: more room for the error text
         caption=_capacity(settings, page.total),
     )
     for column in ("id", "task type", "reason", "error", "source", "deliveries", "age"):
-        # One line per entry: ids are copied into dlq show / replay; the error text is cut
-        # to the room left (dlq show has it whole).
+        # The id never wraps (it is copied into dlq show / replay); in a narrow terminal the
+        # other cells wrap rather than vanish or get cropped (dlq show has everything whole).
         table.add_column(
             column,
             justify="right" if column in ("deliveries", "age") else "left",
-            no_wrap=True,
-            overflow="ellipsis",
-            ratio=1 if column == "error" else None,
-            min_width=15 if column == "id" else None,
+            no_wrap=column == "id",
+            overflow="fold",
         )
     for e in page.entries:
         table.add_row(
             e.id,
             Text(e.task_type or "-"),
             e.reason or "-",
-            Text((e.error or "")[:80]),
+            Text((e.error or "")[:120]),
             Text(e.priority or e.source_stream or "-"),
             "-" if e.deliveries is None else str(e.deliveries),
             _age(e.age_seconds),
