@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from typing import Any, get_args
@@ -577,3 +580,57 @@ async def test_dead_letters_list_page_filter_and_replay(
 
 def test_reason_filter_lists_every_dead_letter_reason() -> None:
     assert set(get_args(Reason)) == set(DLQ_REASONS)
+
+
+async def test_dev_mode_prints_a_curl_line_that_works(settings: Settings) -> None:
+    env = worker_env(settings, STREAMWORKER_HANDLERS="handlers", PORT=str(_free_port()))
+    env.pop("REDIS_URL")
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamworker", "dev"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        try:
+
+            def printed() -> str:
+                log.seek(0)
+                return log.read().decode(errors="replace")
+
+            await wait_for(lambda: "curl -X POST" in printed() or process.poll() is not None, 60)
+            line = next(x for x in printed().splitlines() if "curl -X POST" in x)
+            args = shlex.split(line.strip())  # as a shell would read the pasted line
+            url = args[args.index("POST") + 1]
+            headers = dict(
+                h.split(": ", 1) for h in (args[i + 1] for i, a in enumerate(args) if a == "-H")
+            )
+            body = args[args.index("-d") + 1]
+            async with httpx.AsyncClient() as client:
+                response = await client.post(url, content=body, headers=headers)
+                assert response.status_code == 202, response.text
+                task_id = response.json()["task_id"]
+                status_url = url.replace("/submit", f"/{task_id}/status")
+
+                async def completed() -> bool:
+                    shown = await client.get(status_url, headers=headers)
+                    return bool(shown.json()["status"] == "completed")
+
+                await wait_for(completed)
+                without = await client.post(url, content=body)
+                assert without.status_code == 401
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0, printed()[-2000:]
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(30)
+
+
+def _free_port() -> int:
+    sock = loopback_socket()
+    try:
+        return int(sock.getsockname()[1])
+    finally:
+        sock.close()
