@@ -412,7 +412,10 @@ def test_everything_on_renders_every_part(all_docs: list[dict[str, Any]]) -> Non
 @pytest.mark.parametrize("which", ["defaults", "everything-on", "hpa"])
 def test_manifests_match_the_kubernetes_schemas(which: str, request: pytest.FixtureRequest) -> None:
     if which == "hpa":
-        docs = render(sets=["worker.autoscaling.enabled=true", "api.enabled=true"])
+        sets = ["worker.autoscaling.enabled=true", "api.enabled=true"]
+        sets.append("worker.autoscaling.hpa.behavior.scaleDown.stabilizationWindowSeconds=600")
+        docs = render(sets=sets)
+        assert by_kind(docs, "HorizontalPodAutoscaler")[0]["spec"]["behavior"]
     else:
         docs = request.getfixturevalue("default_docs" if which == "defaults" else "all_docs")
     checked = 0
@@ -572,6 +575,7 @@ def test_keda_has_one_lag_trigger_per_priority_stream(all_docs: list[dict[str, A
         assert meta["address"] == "redis-master.data.svc:6379"
         assert all(isinstance(v, str) for v in meta.values()), "KEDA metadata is strings"
         assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
 
 
 def test_autoscaling_auto_picks_keda_when_the_cluster_has_it() -> None:
@@ -657,8 +661,17 @@ def test_service_monitor_scrapes_workers_and_api(all_docs: list[dict[str, Any]])
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert {e["port"] for e in monitor["spec"]["endpoints"]} == {"metrics", "http"}
     selector = monitor["spec"]["selector"]["matchLabels"]
-    for service in by_kind(all_docs, "Service"):
+    services = by_kind(all_docs, "Service")
+    for service in services:
         assert selector.items() <= service["metadata"]["labels"].items()
+    # Workers and schedulers have no traffic Service: headless ones expose their metrics port.
+    for role in ("worker", "scheduler"):
+        (headless,) = [s for s in services if s["metadata"]["name"].endswith(f"-{role}-metrics")]
+        assert headless["spec"]["clusterIP"] == "None"
+        pod = deployment(all_docs, role)["spec"]["template"]
+        assert headless["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+        (port,) = container(deployment(all_docs, role))["ports"]
+        assert headless["spec"]["ports"][0]["port"] == port["containerPort"]
 
 
 RULES = """\
