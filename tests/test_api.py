@@ -634,3 +634,52 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
     finally:
         sock.close()
+
+
+async def test_real_fault_is_a_500_with_json_detail_and_no_leak(
+    settings: Settings,
+    api: httpx.AsyncClient,
+    redis: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A status key of the wrong type: Redis answers WRONGTYPE, a fault no client can fix.
+    await redis.set(Keyspace(settings.prefix).status("broken"), "PATIENT-SENTINEL-9")
+    caplog.set_level(logging.INFO)
+    response = await api.get("/api/v1/tasks/broken/status")
+    assert response.status_code == 500
+    assert response.json() == {"status_code": 500, "detail": "internal server error"}
+    faults = [r for r in caplog.records if r.getMessage() == "api_internal_error"]
+    assert faults and vars(faults[0])["error_type"] == "ResponseError"
+    assert all("PATIENT-SENTINEL-9" not in str(vars(r)) for r in caplog.records)
+
+
+async def test_readyz_recreates_a_lost_consumer_group(
+    settings: Settings, api: httpx.AsyncClient, redis: aioredis.Redis
+) -> None:
+    keys = Keyspace(settings.prefix)
+    assert (await api.get("/readyz")).status_code == 200
+    await redis.delete(*(f.stream for f in keys.families))  # as after a Redis without its data
+    assert (await api.get("/readyz")).status_code == 200
+    for family in keys.families:
+        groups = await redis.xinfo_groups(family.stream)
+        assert [g["name"] for g in groups] == [settings.group.encode()]
+
+
+async def test_openapi_document_declares_bearer_auth_and_the_contract_routes(
+    api: httpx.AsyncClient,
+) -> None:
+    doc = (await api.get("/schema/openapi.json")).json()
+    assert doc["components"]["securitySchemes"]["BearerToken"]["scheme"] == "bearer"
+    assert {
+        "/api/v1/tasks/submit",
+        "/api/v1/tasks/{task_id}/status",
+        "/api/v1/tasks/{task_id}/cancel",
+        "/api/v1/tasks/stats",
+        "/api/v1/dead-letters",
+        "/api/v1/dead-letters/replay",
+        "/healthz",
+        "/readyz",
+    } <= set(doc["paths"])
+    submit_op = doc["paths"]["/api/v1/tasks/submit"]["post"]
+    assert submit_op["security"] == [{"BearerToken": []}]
+    assert {"202", "400", "401", "413", "415", "503"} <= set(submit_op["responses"])
