@@ -449,6 +449,10 @@ def test_cli_list_show_replay_purge(settings: Settings) -> None:
     purged = cli("purge", "--yes")
     assert purged.exit_code == 0 and "purged 23" in purged.stdout
 
+    unset = cli("list", REDIS_URL="")
+    assert unset.exit_code == 2 and "REDIS_URL is required" in unset.stderr
+    bad_cap = cli("list", DEAD_LETTER_MAX_LENGTH="lots")
+    assert bad_cap.exit_code == 2 and "DEAD_LETTER_MAX_LENGTH" in bad_cap.stderr
     down = cli("list", REDIS_URL="redis://127.0.0.1:1/0")
     assert down.exit_code == 1 and "cannot reach Redis" in down.stderr
     assert len(down.stderr.strip().splitlines()) == 1
