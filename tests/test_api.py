@@ -683,3 +683,40 @@ async def test_openapi_document_declares_bearer_auth_and_the_contract_routes(
     submit_op = doc["paths"]["/api/v1/tasks/submit"]["post"]
     assert submit_op["security"] == [{"BearerToken": []}]
     assert {"202", "400", "401", "413", "415", "503"} <= set(submit_op["responses"])
+
+
+async def test_cancelled_queued_and_scheduled_tasks_never_run(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    ran: list[str] = []
+
+    async def record(payload: dict[str, Any], ctx: TaskContext) -> None:
+        ran.append(ctx.task_id)
+
+    registry = api_registry(record=record)
+    keys = Keyspace(settings.prefix)
+    async with (
+        serving_api(api_settings(settings), registry) as url,
+        httpx.AsyncClient(base_url=url, headers=AUTH) as api,
+    ):
+        soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 2))
+        queued = (await submit(api, {"task_type": "record", "payload": {}})).json()["task_id"]
+        scheduled = (
+            await submit(api, {"task_type": "record", "payload": {}, "scheduled_for": soon})
+        ).json()["task_id"]
+        kept = (await submit(api, {"task_type": "record", "payload": {}})).json()["task_id"]
+        for task_id in (queued, scheduled):
+            assert (await api.post(f"/api/v1/tasks/{task_id}/cancel")).status_code == 200
+        async with running_worker(settings, registry):
+            await wait_for(lambda: kept in ran)
+
+            async def all_gone() -> bool:  # the scheduled one came due and was let go too
+                stats = (await api.get("/api/v1/tasks/stats")).json()
+                return bool(stats["backlog"] == 0 and stats["delayed"] == 0)
+
+            await wait_for(all_gone)
+        assert ran == [kept]
+        for task_id in (queued, scheduled):
+            assert (await status_of(api, task_id))["status"] == "cancelled"
+        assert (await status_of(api, kept))["status"] == "completed"
+    assert await redis.xlen(keys.family("normal").stream) == 0
