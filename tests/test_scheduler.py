@@ -27,6 +27,7 @@ from streamworker.scheduler import (
     Scheduler,
     load_schedules,
     next_after,
+    occurrence_key,
     plan_due,
     validate_schedule,
 )
@@ -259,6 +260,29 @@ async def test_misfire_policies_after_an_outage_with_a_manual_clock(
     states = await replacement.state.read_all()
     assert states["skip"].last_fire == (int(clock.t) // 60) * 60
     await replacement.lease.release()
+
+
+async def test_occurrence_published_before_a_crash_is_not_published_again(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # A leader published an occurrence and died before recording it: its successor reaches
+    # the same occurrence, and publish_once finds its key, so it is enqueued once.
+    registry = _registry()
+    schedules = [Schedule(name="m", cron="* * * * *", task_type="noop")]
+    t0 = (int(time.time()) // 60) * 60 - DAY
+    clock = ManualClock(t0)
+    successor = Scheduler(settings, schedules, registry=registry, redis=redis, clock=clock)
+    assert await successor.lease.try_acquire()
+    await successor.tick()
+    first = await successor.producer.publish(
+        "noop", {}, idempotency_key=occurrence_key("m", t0 + 60)
+    )
+    clock.t = t0 + 60.5
+    await successor.tick()
+    entries = await _published(redis, Keyspace(settings.prefix))
+    assert _occurrences(entries, "m") == Counter({t0 + 60: 1}) and successor.published == 0
+    state = await successor.state.read("m")
+    assert state.last_fire == t0 + 60 and state.last_task == first
 
 
 def _metric(name: str, **labels: str) -> float:

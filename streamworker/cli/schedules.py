@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -51,17 +52,20 @@ def _settings_and_schedules(*, logs: bool = False) -> tuple[Settings, list[Sched
         load_handler_modules(settings.handler_modules)
     except ImportError as exc:
         fail(str(exc))
-    return settings, loaded_schedules(settings)
+    return settings, loaded_schedules(settings, log_left_out=logs)
 
 
-def loaded_schedules(settings: Settings) -> list[Schedule]:
-    """Code and file schedules, validated; a bad one is a configuration error (exit 2)."""
+def loaded_schedules(settings: Settings, *, log_left_out: bool = False) -> list[Schedule]:
+    """Code and file schedules, validated; a bad one is a configuration error (exit 2).
+
+    ``optional`` schedules without a handler are left out; the scheduler logs which."""
+
+    def left_out(name: str) -> None:
+        if log_left_out:
+            log.warning("schedule_left_out_no_handler", extra={"schedule": name})
+
     try:
-        return load_schedules(
-            settings,
-            default_registry,
-            warn=lambda name: log.warning("schedule_left_out_no_handler", extra={"schedule": name}),
-        )
+        return load_schedules(settings, default_registry, warn=left_out)
     except (ScheduleError, ConfigError) as exc:
         fail(str(exc), 2)
 
@@ -120,7 +124,7 @@ def list_schedules(
         return
     table = Table(title="schedules")
     for column in ("name", "cron", "timezone", "task type", "next fire", "last fire", "state"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "task type")
     for view in views:
         state = "disabled" if not view.enabled else "paused" if view.paused else "active"
         table.add_row(
@@ -132,7 +136,8 @@ def list_schedules(
             view.last_fire or "-",
             state,
         )
-    Console().print(table)
+    # Piped output gets room for whole names and times instead of 80 columns.
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 @schedules_app.command("run")
