@@ -261,16 +261,16 @@ def _closed_port() -> int:
     return port
 
 
-@pytest.mark.parametrize("role", ["api", "worker"])
+@pytest.mark.parametrize("role", ["api", "worker", "scheduler"])
 def test_healthcheck_against_a_real_process(role: str, settings: Settings) -> None:
-    """`streamworker api|worker` as the image runs them: the check reads the role (and port)
-    from the process's real /proc cmdline, probes its /healthz, and fails once it stopped."""
+    """Each role as the image runs it: the check reads the role (and port) from the
+    process's real /proc cmdline, probes its /healthz, and fails once it stopped."""
     hc = _healthcheck()
     port = str(_closed_port())
     if role == "api":
         args, env = ["api", "--port", port, "--host", "127.0.0.1"], {}
     else:
-        args, env = ["worker"], {"METRICS_PORT": port}
+        args, env = [role], {"METRICS_PORT": port}
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
             [BIN / "streamworker", *args],
@@ -493,7 +493,7 @@ def test_worker_probes_health_endpoint_on_metrics_port(all_docs: list[dict[str, 
 
 
 def test_scheduler_without_metrics_port_has_no_http_probes() -> None:
-    docs = render(sets=["scheduler.enabled=true"])
+    docs = render(sets=["scheduler.enabled=true", "scheduler.metricsPort=null"])
     c = container(deployment(docs, "scheduler"))
     assert "livenessProbe" not in c and "ports" not in c and "METRICS_PORT" not in env_of(c)
 
