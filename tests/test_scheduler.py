@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
@@ -522,3 +524,36 @@ async def test_cli_list_pause_resume_run_and_bad_config(
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1, result.stderr
         assert message in lines[0] and "SCHEDULES_FILE" in lines[0]
+
+
+async def test_scheduler_without_redis_keeps_trying_serves_metrics_and_stops_cleanly(
+    settings: Settings, schedules_file: Path
+) -> None:
+    schedules_file.write_text(
+        "schedules:\n  - {name: hourly, cron: '0 * * * *', task_type: noop}\n"
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = worker_env(
+        settings,
+        REDIS_URL="redis://127.0.0.1:1/0",  # nothing listens there
+        SCHEDULES_FILE=str(schedules_file),
+        METRICS_PORT=str(port),
+        LOG_LEVEL="info",
+    )
+    with tempfile.TemporaryFile() as log:
+        proc = _scheduler_process(env, log)
+        try:
+
+            async def unavailable_logged() -> bool:
+                return "scheduler_redis_unavailable" in _text(log)
+
+            await wait_for(unavailable_logged, timeout=60)
+            async with httpx.AsyncClient(timeout=10) as client:
+                scraped = await client.get(f"http://127.0.0.1:{port}/metrics")
+            assert scraped.status_code == 200 and "scheduler_leader 0.0" in scraped.text
+            assert proc.poll() is None  # still running, retrying
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, _text(log)
