@@ -146,6 +146,10 @@ async def test_every_api_route_refuses_a_missing_or_wrong_token(api: httpx.Async
             method, path, headers={"Authorization": f"Bearer {OTHER_TOKEN}"}, json={}
         )
         assert ok.status_code != 401, (method, path)
+    # Request metrics are labelled by route template, never by task id.
+    exposition = (await api.get("/metrics")).text
+    assert 'path="/api/v1/tasks/{task_id}/status"' in exposition
+    assert "some-task" not in exposition and 'status_code="401"' in exposition
     # Probes and the OpenAPI document need no token.
     for path in ("/healthz", "/readyz", "/metrics", "/schema/openapi.json"):
         assert (await api.get(path, headers={"Authorization": ""})).status_code == 200, path

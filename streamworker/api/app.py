@@ -16,6 +16,7 @@ from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.prometheus import PrometheusConfig
 from litestar.types import ControllerRouterHandler
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -139,8 +140,18 @@ def create_app(
         guards=[guard],
         security=[{BEARER_SCHEME: []}] if guard.enabled else None,
     )
+    # Request counts and latencies per route template (never per task id), into the default
+    # registry that /metrics serves.
+    http_metrics = PrometheusConfig(
+        app_name="streamworker-api",
+        prefix="streamworker_api",
+        group_path=True,
+        exclude_unhandled_paths=True,
+        exclude=["/metrics"],
+    )
     return Litestar(
         route_handlers=[api, healthz, readyz, metrics],
+        middleware=[http_metrics.middleware],
         lifespan=[lifespan],
         exception_handlers=exception_handlers(settings.max_payload_bytes),
         request_max_body_size=settings.max_payload_bytes,
