@@ -724,3 +724,17 @@ async def test_cancelled_queued_and_scheduled_tasks_never_run(
             assert (await status_of(api, task_id))["status"] == "cancelled"
         assert (await status_of(api, kept))["status"] == "completed"
     assert await redis.xlen(keys.family("normal").stream) == 0
+
+
+async def test_api_starts_without_redis_and_says_it_is_not_ready(settings: Settings) -> None:
+    nowhere = settings.with_overrides(redis_url=f"redis://127.0.0.1:{_free_port()}/0")
+    async with (
+        serving_api(api_settings(nowhere)) as url,
+        httpx.AsyncClient(base_url=url, headers=AUTH) as api,
+    ):
+        assert (await api.get("/healthz")).status_code == 200
+        ready = await api.get("/readyz")
+        assert ready.status_code == 503 and ready.headers["Retry-After"]
+        assert "Redis is unavailable" in ready.json()["detail"]
+        body = {"task_type": "test_notification", "payload": {"message": "m"}}
+        assert (await submit(api, body)).status_code == 503
