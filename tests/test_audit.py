@@ -109,16 +109,18 @@ async def test_started_and_completed_events_go_to_the_audit_stream(
         await wait_for(lambda: worker.completed_runs == 21)
     # leaving obs.running() flushed the buffer
     entries = await redis.xrange(Keyspace(settings.prefix).audit_events)
-    events = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+    assert {tuple(fields) for _, fields in entries} == {(b"event",)}
+    events = [json.loads(fields[b"event"]) for _, fields in entries]
     assert len(events) == 42
     started = {e["task_id"] for e in events if e["event_type"] == "background_task_started"}
     completed = {e["task_id"]: e for e in events if e["event_type"] == "background_task_completed"}
     assert started == set(ids) == set(completed)
     ok = completed[ids[0]]
-    assert ok["success"] == "true" and ok["task_type"] == "noop" and ok["priority"] == "normal"
-    assert "error_type" not in ok and float(ok["duration_ms"]) >= 0
+    assert ok["success"] is True and ok["task_type"] == "noop" and ok["priority"] == "normal"
+    assert ok["error_type"] is None and ok["duration_ms"] >= 0 and ok["attempt"] == 1
+    assert ok["timestamp"].endswith("Z") and ok["service"] == "background-tasks"
     failed = completed[ids[-1]]
-    assert failed["success"] == "false" and failed["outcome"] == "dead_lettered"
+    assert failed["success"] is False and failed["outcome"] == "dead_lettered"
     assert failed["error_type"] == "PermanentError" and failed["priority"] == "high"
     assert all("patient" not in json.dumps(e) for e in events)  # the class, never the message
     assert {e["consumer"] for e in events} == {settings.consumer}

@@ -12,8 +12,11 @@ import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamworker import PermanentError, Producer, Registry, Settings, TaskContext, TaskSpec, Worker
+from streamworker.broker import connect
 from streamworker.embedded import free_port
+from streamworker.keyspace import Keyspace
 from streamworker.observability import build_observability
+from streamworker.observability.http import MetricsServer
 from streamworker.settings import ConfigError
 from tests.conftest import running_worker, wait_for
 
@@ -261,3 +264,41 @@ def test_bad_metrics_port_names_the_variable() -> None:
         Settings.from_env({"METRICS_PORT": "http"})
     with pytest.raises(ConfigError, match="METRICS_PORT"):
         Settings.from_env({"METRICS_PORT": "70000"})
+
+
+class _WorkerWithoutRedis:
+    """What the metrics server reads from a worker, with a client whose Redis is gone."""
+
+    def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.keys = Keyspace(settings.prefix)
+        self.in_flight = 0
+        self.concurrency = 4
+        self.stopping = False
+
+
+async def test_unreachable_redis_makes_healthz_503_and_queue_gauges_unknown(
+    settings: Settings,
+) -> None:
+    dead = connect(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    settings = settings.with_overrides(metrics_port=free_port())
+    port = settings.metrics_port
+    server = MetricsServer(_WorkerWithoutRedis(settings, dead), ping_interval=0.05)
+    async with anyio.create_task_group() as tg:
+        await tg.start((await server.bind()).run)
+
+        async def unhealthy() -> bool:
+            async with httpx.AsyncClient() as client:
+                return (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 503
+
+        await wait_for(unhealthy, timeout=30, interval=0.1)
+        async with httpx.AsyncClient() as client:
+            health = (await client.get(f"http://127.0.0.1:{port}/healthz")).json()
+        assert health["status"] == "redis_unreachable"
+        samples, text = await scrape(port)
+        assert value(samples, "task_queue_stats_up") == 0
+        assert "task_queue_size" not in text  # unknown, not a stale or zero number
+        assert value(samples, "streamworker_handler_slots") == 4
+        tg.cancel_scope.cancel()
+    await dead.aclose()

@@ -5,8 +5,8 @@
 The hook only appends a small tuple to in-memory buffers; nothing on the hot path waits for
 Redis or the network. Background sinks drain the buffers:
 
-- :class:`StreamSink` XADDs batches to the bounded ``audit_events`` stream (``MAXLEN ~``) in
-  one pipeline per batch;
+- :class:`StreamSink` appends batches to the bounded ``audit_events`` stream (``MAXLEN ~``),
+  one entry per event with its JSON document in the ``event`` field, one call per batch;
 - :class:`HttpForwarder` (when ``AUDIT_SERVICE_URL`` is set) POSTs batches as a JSON array
   to the Audit Service, retrying with capped exponential backoff while it is unreachable.
 
@@ -22,6 +22,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
+from importlib import resources
 from itertools import islice
 from typing import Any
 
@@ -256,7 +257,8 @@ class _Sink:
 
 
 class StreamSink(_Sink):
-    """XADD to the bounded audit stream, one pipeline per batch."""
+    """Appends batches to the bounded audit stream: one entry per event, whose ``event``
+    field is the event's JSON document, written by one script call per batch."""
 
     name = "stream"
 
@@ -264,24 +266,15 @@ class StreamSink(_Sink):
         self, buffer: AuditBuffer, redis: aioredis.Redis, stream: str, maxlen: int, **kw: Any
     ) -> None:
         super().__init__(buffer, batch_size=500, **kw)
-        self._redis = redis
         self._stream = stream
         self._maxlen = maxlen
+        source = (resources.files("streamworker") / "scripts" / "audit_append.lua").read_text()
+        self._append = redis.register_script(source)  # reloads itself after NOSCRIPT
 
     async def _send(self, batch: list[Event]) -> bool:
-        pipe = self._redis.pipeline(transaction=False)
-        for event in batch:
-            doc = event_document(event, self._service, self._consumer)
-            fields: dict[Any, Any] = {k: _field(v) for k, v in doc.items() if v is not None}
-            pipe.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
-        await pipe.execute()
+        documents = [_json.encode(event_document(e, self._service, self._consumer)) for e in batch]
+        await self._append(keys=[self._stream], args=[self._maxlen, *documents])
         return True
-
-
-def _field(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 class HttpForwarder(_Sink):
