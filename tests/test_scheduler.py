@@ -261,7 +261,18 @@ async def test_misfire_policies_after_an_outage_with_a_manual_clock(
     assert len(await _published(redis, keys)) == len(fired) + 3
     states = await replacement.state.read_all()
     assert states["skip"].last_fire == (int(clock.t) // 60) * 60
+    assert states["off"].cursor == int(clock.t) and states["off"].last_fire is None
     await replacement.lease.release()
+
+    # Enabling "off" (a run_all schedule) later: the time it was off is not caught up on.
+    enabled = Schedule(name="off", misfire="run_all", **base)
+    later = Scheduler(settings, [enabled], registry=registry, redis=redis, clock=clock)
+    assert await later.lease.try_acquire()
+    cursor = int(clock.t)
+    clock.t = cursor - cursor % 60 + 60.5
+    await later.tick()
+    assert _occurrences(await _published(redis, keys), "off") == Counter({int(clock.t): 1})
+    await later.lease.release()
 
 
 async def test_occurrence_published_before_a_crash_is_not_published_again(

@@ -82,6 +82,9 @@ class Scheduler:
             )
         self.settings = settings
         self.schedules = [s for s in schedules if s.enabled]
+        # Disabled ones are still walked (never fired), so enabling one later does not make
+        # the time it was off look like an outage to catch up on.
+        self._disabled = [s for s in schedules if not s.enabled]
         self._owns_redis = redis is None
         self.redis = redis or connect(settings.require_redis_url())
         keys = Keyspace(settings.prefix)
@@ -168,6 +171,8 @@ class Scheduler:
             upcoming = next_after(schedule, now_s)
             if upcoming is not None:
                 next_due = min(next_due, upcoming)
+        for schedule in self._disabled:
+            await self._tick_schedule(schedule, states.get(schedule.name, ScheduleState()), now_s)
         return max(0.0, next_due - now)
 
     async def _tick_schedule(self, schedule: Schedule, state: ScheduleState, now_s: int) -> None:
@@ -178,8 +183,8 @@ class Scheduler:
         plan = plan_due(schedule, state.cursor, now_s, self._grace)
         if not plan.fire and not plan.skipped:
             return
-        if state.paused:
-            # Occurrences while paused are dropped, so resuming does not release a burst.
+        if state.paused or not schedule.enabled:
+            # Occurrences while paused (or disabled) are dropped: no burst on resuming.
             await self._advance(schedule.name, now_s)
             return
         if plan.skipped:
