@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from typing import Any
 
@@ -18,7 +19,7 @@ from streamworker.keyspace import Keyspace
 from streamworker.observability import build_observability
 from streamworker.observability.http import MetricsServer
 from streamworker.settings import ConfigError
-from tests.conftest import running_worker, wait_for
+from tests.conftest import WorkerProcess, running_worker, start_worker_process, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -302,3 +303,38 @@ async def test_unreachable_redis_makes_healthz_503_and_queue_gauges_unknown(
         assert value(samples, "streamworker_handler_slots") == 4
         tg.cancel_scope.cancel()
     await dead.aclose()
+
+
+async def test_cli_worker_serves_metrics_and_flushes_audit_on_sigterm(
+    settings: Settings, redis: aioredis.Redis, worker_processes: list[WorkerProcess]
+) -> None:
+    port = free_port()
+    worker = start_worker_process(
+        settings, registry=worker_processes, METRICS_PORT=str(port), LOG_LEVEL="info"
+    )
+    producer = Producer.from_settings(settings, redis=redis)
+    await producer.publish_many([TaskSpec(task_type="noop", payload={}) for _ in range(20)])
+
+    async def done() -> bool:
+        try:
+            samples, _ = await scrape(port)
+        except httpx.HTTPError:
+            return False  # not listening yet
+        labels = {"task_type": "noop", "priority": "normal", "outcome": "completed"}
+        return value(samples, "tasks_processed_total", **labels) == 20
+
+    await wait_for(done, timeout=60, interval=0.3)
+    samples, _ = await scrape(port)
+    assert value(samples, "process_cpu_seconds_total") > 0  # the default registry's collectors
+    assert value(samples, "streamworker_handler_slots") == 5
+    # a second worker cannot have the port: one clear line, exit status 2
+    second = start_worker_process(settings, registry=worker_processes, METRICS_PORT=str(port))
+    assert await anyio.to_thread.run_sync(lambda: second.proc.wait(60)) == 2
+    lines = second.output().strip().splitlines()
+    assert len(lines) == 1 and "METRICS_PORT" in lines[0] and str(port) in lines[0], lines
+    assert await anyio.to_thread.run_sync(worker.terminate) == 0, worker.output()
+    audit = await redis.xlen(Keyspace(settings.prefix).audit_events)
+    assert audit == 40  # started + completed for each, flushed at exit
+    events = {json.loads(line)["event"] for line in worker.output().splitlines()}
+    assert {"worker_started", "task_completed", "worker_stopping", "metrics_listening"} <= events
+    await producer.aclose()
