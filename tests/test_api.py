@@ -738,3 +738,19 @@ async def test_api_starts_without_redis_and_says_it_is_not_ready(settings: Setti
         assert "Redis is unavailable" in ready.json()["detail"]
         body = {"task_type": "test_notification", "payload": {"message": "m"}}
         assert (await submit(api, body)).status_code == 503
+
+
+async def test_redis_out_of_memory_is_a_503_not_a_500(settings: Settings) -> None:
+    full = EmbeddedRedis(extra_args=("--maxmemory", "1mb", "--maxmemory-policy", "noeviction"))
+    full.start()
+    try:
+        async with (
+            serving_api(api_settings(settings.with_overrides(redis_url=full.url))) as url,
+            httpx.AsyncClient(base_url=url, headers=AUTH) as api,
+        ):
+            body = {"task_type": "test_notification", "payload": {"message": "m"}}
+            response = await submit(api, body)
+            assert response.status_code == 503, response.text
+            assert response.headers["Retry-After"] and response.json()["detail"]
+    finally:
+        full.close()

@@ -14,7 +14,14 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import (
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import InvalidTask
@@ -29,6 +36,15 @@ RETRY_AFTER_SECONDS = 5
 
 # Redis answers these while it cannot take writes for a while (loading, out of memory,
 # a replica, a failover in progress): the request may succeed later, so 503 and not 500.
+# redis-py raises its own classes for most of them (without the code in the message).
+_UNAVAILABLE_TYPES = (
+    RedisConnectionError,  # includes BusyLoadingError
+    RedisTimeoutError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    MasterDownError,
+    TryAgainError,
+)
 _UNAVAILABLE_PREFIXES = ("LOADING", "OOM", "READONLY", "MASTERDOWN", "BUSY", "TRYAGAIN")
 
 
@@ -74,7 +90,7 @@ def _invalid_task(_: Request[Any, Any, Any], exc: InvalidTask) -> Response[Error
 
 
 def _redis_error(request: Request[Any, Any, Any], exc: RedisError) -> Response[ErrorBody]:
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError) or (
+    if isinstance(exc, _UNAVAILABLE_TYPES) or (
         isinstance(exc, ResponseError) and str(exc).startswith(_UNAVAILABLE_PREFIXES)
     ):
         return redis_unavailable(request, exc)
