@@ -382,6 +382,24 @@ def test_chart_lints_clean(values: list[Path]) -> None:
     assert "0 chart(s) failed" in result.stdout
 
 
+def test_chart_matches_the_image_and_the_package(default_docs: list[dict[str, Any]]) -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert chart["appVersion"] == version, "the default image tag is the package version"
+    user = next(line for line in _dockerfile_stages()[-1] if line.upper().startswith("USER "))
+    uid, gid = (int(part) for part in user.split()[1].split(":"))
+    pod = deployment(default_docs, "worker")["spec"]["template"]["spec"]["securityContext"]
+    assert (pod["runAsUser"], pod["runAsGroup"]) == (uid, gid)
+    port = next(line for line in _dockerfile_stages()[-1] if line.startswith("EXPOSE "))
+    assert yaml.safe_load((CHART / "values.yaml").read_text())["api"]["port"] == int(port[7:])
+
+
+def test_too_old_kubernetes_is_refused() -> None:
+    result = run(_tool("helm"), "template", "rel", CHART, "--kube-version", "1.24.0")
+    assert result.returncode != 0
+    assert "chart requires kubeVersion" in result.stderr
+
+
 def test_defaults_render_only_the_worker(default_docs: list[dict[str, Any]]) -> None:
     kinds = sorted(d["kind"] for d in default_docs)
     assert kinds == ["ConfigMap", "Deployment", "PodDisruptionBudget", "ServiceAccount"]
@@ -576,6 +594,50 @@ def test_keda_has_one_lag_trigger_per_priority_stream(all_docs: list[dict[str, A
         assert all(isinstance(v, str) for v in meta.values()), "KEDA metadata is strings"
         assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
     assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+
+
+def test_keda_stream_length_metric() -> None:
+    sets = [
+        "worker.autoscaling.enabled=true",
+        "worker.autoscaling.engine=keda",
+        "worker.autoscaling.minReplicas=0",
+        "worker.autoscaling.keda.redis.address=r:6379",
+        "worker.autoscaling.keda.metric=streamLength",
+    ]
+    (scaled,) = by_kind(render(sets=sets), "ScaledObject")
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    targets = values["worker"]["autoscaling"]["keda"]["triggers"]
+    for priority, trigger in zip(PRIORITIES, scaled["spec"]["triggers"], strict=True):
+        meta = trigger["metadata"]
+        # Without consumerGroup KEDA reads XLEN; with it, it would read pending or lag.
+        assert "consumerGroup" not in meta and "lagCount" not in meta
+        assert meta["streamLength"] == str(targets[priority]["streamLength"])
+        assert meta["activationLagCount"] == str(targets[priority]["activationLagCount"])
+
+
+@pytest.mark.anyio
+async def test_redis_lag_can_be_unknown_while_stream_length_is_the_backlog(
+    redis: Any, prefix: str
+) -> None:
+    """Why the chart offers metric streamLength: once the newest delivered entry is acked
+    and deleted (as the worker does) while an older one is still pending, Redis reports the
+    group's lag as NULL although an entry waits, and KEDA reads that as 0 (no wake-up from
+    zero). XLEN stays exact: pending + waiting."""
+    stream = Keyspace(prefix).family("high").stream
+    await redis.xgroup_create(stream, "g", id="0", mkstream=True)
+    await redis.xadd(stream, {"task_type": "t"})
+    newest = await redis.xadd(stream, {"task_type": "t"})
+    await redis.xreadgroup("g", "c", {stream: ">"}, count=2)
+    await redis.xack(stream, "g", newest)
+    await redis.xdel(stream, newest)
+    await redis.xadd(stream, {"task_type": "t"})  # waiting, not delivered yet
+    (group,) = await redis.xinfo_groups(stream)
+    assert group["pending"] == 1
+    assert group["lag"] is None
+    assert await redis.xlen(stream) == 2
+    await redis.xreadgroup("g", "c", {stream: ">"}, count=1)
+    (group,) = await redis.xinfo_groups(stream)
+    assert group["lag"] == 0, "a read makes the lag known again"
 
 
 def test_autoscaling_auto_picks_keda_when_the_cluster_has_it() -> None:
@@ -797,6 +859,19 @@ def test_notes_tell_how_to_submit_and_read_stats() -> None:
     assert "Authorization: Bearer" in notes
     assert "streamworker stats" in notes
     assert "create secret generic rel-streamworker" in notes
+    assert "WARNING" not in notes
+
+
+def test_notes_warn_about_scale_to_zero_on_lag() -> None:
+    args: list[str | Path] = [_tool("helm"), "install", "rel", CHART, "--dry-run=client"]
+    args += ["-o", "json", "-f", EVERYTHING_ON]
+    result = run(*args)
+    assert result.returncode == 0, result.stderr
+    notes = json.loads(result.stdout)["info"]["notes"]
+    assert "WARNING: minReplicas is 0 with metric lag" in notes
+    args += ["--set", "worker.autoscaling.keda.metric=streamLength"]
+    notes = json.loads(run(*args).stdout)["info"]["notes"]
+    assert "WARNING" not in notes and "length (lag + pending)" in notes
 
 
 def test_yaml_is_yamllint_clean() -> None:
