@@ -31,6 +31,7 @@ class LeaderLease:
         self.holder = f"{owner}:{uuid.uuid4().hex[:8]}"
         self.ttl_ms = max(100, int(ttl_seconds * 1000))
         self.token = 0
+        self._last_token = 0
         self._valid_until = 0.0
         self._acquire = load_script(redis, "scheduler_lease_acquire")
         self._renew = load_script(redis, "scheduler_lease_renew")
@@ -67,8 +68,9 @@ class LeaderLease:
             )
             if not token:
                 return False
-            self.token = token
-            LEADER_CHANGES.inc()
+            if token != self._last_token:  # a new term, not our own after a lost reply
+                LEADER_CHANGES.inc()
+            self.token = self._last_token = token
             LEADER.set(1)
         self._valid_until = started + 0.8 * self.ttl_ms / 1000
         return True

@@ -137,6 +137,8 @@ class Scheduler:
                 leading = await self.lease.try_acquire()
             except (RedisError, OSError) as exc:
                 log.warning("scheduler_redis_unavailable", extra={"error_type": type(exc).__name__})
+                # Unsure whether the lease is still ours: stop ticking until Redis says so.
+                self.lease.forget()
                 leading = False
             if leading and not was_leading:
                 log.info("scheduler_leading", extra={"token": self.lease.token})
