@@ -14,12 +14,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
 from .keyspace import Keyspace, StreamFamily
 from .status import StatusStore
-from .wire import Delivery, Fields, pack_fields
+from .wire import Delivery, Fields, pack_fields, parse_time
 
 __all__ = ["Broker", "ReplayReply", "StatusWrite", "connect"]
 
@@ -31,6 +32,7 @@ _SCRIPTS = (
     "dead_letter",
     "promote_due",
     "publish_once",
+    "begin_batch",
     "replay",
     "publish_batch",
     "reclaim",
@@ -58,6 +60,20 @@ def connect(url: str, **options: Any) -> aioredis.Redis:
     options.setdefault("socket_keepalive", True)
     options.setdefault("retry_on_timeout", False)
     return aioredis.Redis.from_url(url, decode_responses=False, **options)
+
+
+_msgpack = msgspec.msgpack.Encoder()
+
+
+def _field_text(value: bytes | None) -> str:
+    return value.decode(errors="replace")[:200] if value else ""
+
+
+def _is_future(raw: bytes) -> bool:
+    try:
+        return parse_time(raw.decode()) > time.time() + 0.001
+    except (ValueError, UnicodeDecodeError):
+        return False  # a bad date: the runner dead-letters the entry
 
 
 def _text(value: bytes | str) -> str:
@@ -184,28 +200,49 @@ class Broker:
                 out.append(Delivery(index, entry_id, _pairs(fields), now))
         return out
 
-    async def flag_cancelled(self, deliveries: Sequence[Delivery]) -> int:
-        """Mark the deliveries whose task was cancelled. One EXISTS over the batch's cancel
-        markers answers the common case (none) in a single cheap command; only when some
-        exist are they told apart."""
-        candidates = [d for d in deliveries if d.task_id_field]
-        if not candidates:
+    async def begin(self, deliveries: Sequence[Delivery], started_at: str) -> int:
+        """Pass a batch through the start gate (``begin_batch.lua``): flag the deliveries whose
+        task was cancelled and mark the others ``running``, in one round trip. Returns how
+        many were cancelled. Only used when statuses are tracked (a cancel needs them)."""
+        keys: list[str] = []
+        rows: list[list[str]] = []
+        gated: list[Delivery] = []
+        for delivery in deliveries:
+            raw_id = delivery.task_id_field
+            if not raw_id:
+                continue  # no task_id: never published through us, so it cannot be cancelled
+            task_id = raw_id.decode(errors="replace")
+            keys.append(self.keys.cancelled(task_id))
+            keys.append(self.keys.status(task_id))
+            rows.append(self._running_row(delivery, task_id, started_at))
+            gated.append(delivery)
+        if not gated:
             return 0
-        keys = [
-            self.keys.cancelled((d.task_id_field or b"").decode(errors="replace"))
-            for d in candidates
-        ]
-        if not await self.redis.exists(*keys):
-            return 0
-        pipe = self.redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.exists(key)
-        flagged = 0
-        for delivery, exists in zip(candidates, await pipe.execute(), strict=True):
-            if exists:
+        flags = await self._eval("begin_batch", keys, [_msgpack.encode(rows)])
+        cancelled = 0
+        for delivery, flag in zip(gated, flags, strict=True):
+            if flag:
                 delivery.cancelled = True
-                flagged += 1
-        return flagged
+                cancelled += 1
+        return cancelled
+
+    def _running_row(self, delivery: Delivery, task_id: str, started_at: str) -> list[str]:
+        fields = delivery.fields
+        due = fields.get(b"scheduled_for")
+        if due is not None and _is_future(due):
+            return []  # will be parked again by the runner, not started
+        row = [
+            "status", "running",
+            "task_id", task_id,
+            "priority", self.families[delivery.family_index].priority,
+            "started_at", started_at,
+            "retry_count", _field_text(fields.get(b"retry_count")) or "0",
+        ]  # fmt: skip
+        for name in (b"task_type", b"created_at"):
+            value = fields.get(name)
+            if value:
+                row += (name.decode(), _field_text(value))
+        return row
 
     # -- recovery ---------------------------------------------------------------------------
 
@@ -427,11 +464,25 @@ class Broker:
         ttl_seconds: int,
         due_ms: int,
         member: bytes,
+        status_row: Sequence[str] = (),
     ) -> tuple[str, bool]:
+        """Publish unless the key was used; the first status (when given) is written by the
+        same script, so it can never land after the worker's own writes."""
         reply = await self._eval(
             "publish_once",
-            [self.keys.idempotency(idempotency_key), family.stream, family.delayed],
-            [task_id, ttl_seconds, due_ms, member],
+            [
+                self.keys.idempotency(idempotency_key),
+                family.stream,
+                family.delayed,
+                self.keys.status(task_id),
+            ],
+            [
+                task_id,
+                ttl_seconds,
+                due_ms,
+                member,
+                _msgpack.encode(list(status_row)) if status_row else "",
+            ],
         )
         existing, fresh = reply
         return (existing.decode() if isinstance(existing, bytes) else str(existing)), bool(fresh)

@@ -83,15 +83,6 @@ class _Prepared:
             row += ("scheduled_for", self.scheduled_for)
         return self.task_id, row  # type: ignore[return-value]
 
-    def status_fields(self) -> dict[str, str | int | None]:
-        return {
-            "task_type": self.spec.task_type,
-            "priority": self.spec.priority,
-            "created_at": self.fields["created_at"],  # type: ignore[dict-item]
-            "scheduled_for": self.scheduled_for,
-            "retry_count": 0,
-        }
-
 
 class Producer:
     """Writes tasks to their priority stream (or the delayed set when they are not due yet)."""
@@ -342,19 +333,16 @@ class Producer:
         for i, p in enumerate(prepared):
             if not p.spec.idempotency_key:
                 continue
-            task_id, fresh = await self._broker.publish_once(
+            task_id, _fresh = await self._broker.publish_once(
                 p.family,
                 p.spec.idempotency_key,
                 p.task_id,
                 self._idempotency_ttl,
                 p.due_ms,
                 pack_fields(p.fields),
+                p.first_status()[1] if self.status.enabled else (),
             )
             ids[i] = task_id
-            if fresh and self.status.enabled:
-                pipe = self.redis.pipeline(transaction=False)
-                self.status.write(pipe, p.task_id, p.state, **p.status_fields())
-                await pipe.execute()
         return ids
 
     def _before_publish(self, p: _Prepared) -> list[Any]:

@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from streamworker import Producer, Registry, Settings, TaskContext, TaskSpec
+from streamworker.broker import Broker
 from streamworker.keyspace import Keyspace
 from tests.conftest import running_worker, wait_for
 
@@ -242,4 +243,47 @@ async def test_a_cancelled_task_is_not_run(settings: Settings, redis: aioredis.R
     assert ran == [kept]
     assert await redis.xlen(stream) == 0  # acknowledged and deleted, not left behind
     assert await _status_is(producer, redis, cancelled, "cancelled")
+    await producer.aclose()
+
+
+async def test_the_start_gate_and_a_cancel_cannot_both_win(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # Once the worker's gate has marked a task running, a cancel is refused (409 over HTTP);
+    # a cancel that came first makes the gate skip the task. Never both.
+    from streamworker.cancel import CancelOutcome, TaskCanceller
+
+    keys = Keyspace(settings.prefix)
+    producer = Producer.from_settings(settings)
+    first, second = await producer.publish_many(
+        [TaskSpec(task_type="job", payload={}), TaskSpec(task_type="job", payload={})]
+    )
+    canceller = TaskCanceller(redis, keys, settings.completed_ttl_seconds)
+    assert (await canceller.cancel(second)).outcome is CancelOutcome.CANCELLED
+    # The broker alone, as the reader uses it (a running worker would race us for the batch).
+    broker = Broker(redis, keys, settings.group, status=producer.status)
+    await broker.load_scripts()
+    await broker.ensure_groups()
+    stream = keys.family("normal").stream
+    deliveries = await broker.read(settings.consumer, 2, [2], [2], [">"])
+    assert [d.entry_id for d in deliveries] == [e for e, _ in await redis.xrange(stream)]
+    assert await broker.begin(deliveries, "2026-01-01T00:00:00.000Z") == 1
+    assert [d.cancelled for d in deliveries] == [False, True]
+    late = await canceller.cancel(first)
+    assert late.outcome is CancelOutcome.CONFLICT and late.state == "running"
+    status = await producer.status.read(redis, first)
+    assert status is not None and status.started_at == "2026-01-01T00:00:00.000Z"
+    await producer.aclose()
+
+
+async def test_an_idempotent_publish_writes_its_status_with_the_entry(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    producer = Producer.from_settings(settings)
+    task_id = await producer.publish("job", {}, idempotency_key="order-1")
+    again = await producer.publish("job", {}, idempotency_key="order-1")
+    assert again == task_id
+    status = await producer.status.read(redis, task_id)
+    assert status is not None and status.status == "queued" and status.task_type == "job"
+    assert await redis.ttl(Keyspace(settings.prefix).status(task_id)) == -1
     await producer.aclose()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Sequence
 
 import anyio
@@ -18,7 +19,7 @@ from redis.exceptions import ResponseError
 
 from ..broker import Broker
 from ..hooks import TaskHooks
-from ..wire import Delivery
+from ..wire import Delivery, format_time
 from .outage import Outage
 from .retrying import TRANSIENT, until_done
 
@@ -159,7 +160,10 @@ class Reader:
     async def _screen(self, deliveries: list[Delivery]) -> None:
         """Flag cancelled tasks. The entries are already ours, so this must not give up."""
         if deliveries and self._check_cancelled:
-            await until_done(lambda: self._broker.flag_cancelled(deliveries), what="cancel_check")
+            await until_done(
+                lambda: self._broker.begin(deliveries, format_time(time.time())),
+                what="cancel_check",
+            )
 
     async def _wait(self) -> list[Delivery]:
         try:

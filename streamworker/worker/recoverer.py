@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ..broker import Broker
 from ..hooks import TaskHooks, WorkerEvent
-from ..wire import Delivery
+from ..wire import Delivery, format_time
 from .outage import Outage
 from .reader import Slots
 from .retrying import TRANSIENT, until_done
@@ -83,7 +84,7 @@ class Recoverer:
             if deliveries and self._check_cancelled:
                 # Claimed: they are ours now, so the check must not give up half-way.
                 await until_done(
-                    functools.partial(self._broker.flag_cancelled, deliveries),
+                    functools.partial(self._broker.begin, deliveries, format_time(time.time())),
                     what="cancel_check",
                 )
             self._slots.give(n - len(deliveries))

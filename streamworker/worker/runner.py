@@ -137,7 +137,9 @@ class Runner:
             correlation_id=task.correlation_id,
             outbox=self._outbox,
         )
-        if self._status:
+        if self._status and delivery.task_id_field is None:
+            # Entries published with a task_id were marked running by the start gate
+            # (begin_batch.lua); a raw entry's derived id gets its status here.
             self._acker.note_status(
                 task.task_id,
                 "running",

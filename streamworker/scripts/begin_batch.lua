@@ -1,0 +1,24 @@
+-- begin_batch: the gate between reading entries and running them. Per task: if its cancel
+-- marker exists, report it cancelled (it will be acknowledged without running); otherwise
+-- mark its status 'running'. Check and write are one step, so a cancel either lands before
+-- (the task is skipped) or finds the task 'running' and is refused — never "cancelled" for a
+-- task that then runs.
+-- KEYS:  cancel marker 1, status hash 1, cancel marker 2, status hash 2, ...
+-- ARGV:  MessagePack array with one status row per task: {field, value, ...}, or {} to only
+--        check the marker (status not tracked, or not due yet)
+-- Returns one flag per task: 1 cancelled, 0 go.
+local rows = cmsgpack.unpack(ARGV[1])
+local out = {}
+for i = 1, #rows do
+  if redis.call('EXISTS', KEYS[2 * i - 1]) == 1 then
+    out[i] = 1
+  else
+    out[i] = 0
+    local row = rows[i]
+    if #row > 0 then
+      redis.call('HSET', KEYS[2 * i], unpack(row))
+      redis.call('PERSIST', KEYS[2 * i])
+    end
+  end
+end
+return out
