@@ -338,3 +338,31 @@ async def test_cli_worker_serves_metrics_and_flushes_audit_on_sigterm(
     events = {json.loads(line)["event"] for line in worker.output().splitlines()}
     assert {"worker_started", "task_completed", "worker_stopping", "metrics_listening"} <= events
     await producer.aclose()
+
+
+async def test_healthz_says_stopping_while_in_flight_tasks_drain(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    release = anyio.Event()
+    started: list[str] = []
+    registry = Registry()
+
+    @registry.handler("slow")
+    async def slow(payload: dict[str, Any], ctx: TaskContext) -> None:
+        started.append(ctx.task_id)
+        await release.wait()
+
+    settings = settings.with_overrides(metrics_port=free_port(), audit_enabled=False)
+    port = settings.metrics_port
+    producer = Producer.from_settings(settings, redis=redis)
+    async with running_worker(settings, registry) as worker:
+        await producer.publish("slow", {})
+        await wait_for(lambda: len(started) == 1)
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+            worker.stop()
+            response = await client.get(f"http://127.0.0.1:{port}/healthz")
+        assert response.status_code == 503
+        assert response.json() == {**response.json(), "status": "stopping", "in_flight": 1}
+        release.set()
+    await producer.aclose()
