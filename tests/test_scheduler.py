@@ -16,12 +16,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from streamworker import ConfigError, Registry, Settings, TaskContext
+from streamworker.broker import connect
+from streamworker.embedded import EmbeddedRedis
 from streamworker.keyspace import Keyspace
 from streamworker.scheduler import (
     Schedule,
@@ -568,3 +572,42 @@ async def test_scheduler_without_redis_keeps_trying_serves_metrics_and_stops_cle
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0, _text(log)
+
+
+async def test_scheduler_rides_out_a_redis_restart_without_losing_or_doubling(
+    settings: Settings, schedules_file: Path
+) -> None:
+    schedules_file.write_text(
+        "schedules:\n  - {name: every_second, cron: '* * * * * *', task_type: noop}\n"
+    )
+    private = EmbeddedRedis(appendonly=True, appendfsync="always").start()
+    client = connect(private.url)
+    keys = Keyspace(settings.prefix)
+    try:
+        own = settings.with_overrides(redis_url=private.url)
+        env = worker_env(own, SCHEDULES_FILE=str(schedules_file), SCHEDULER_LEASE_SECONDS="1")
+
+        async def published() -> int:
+            try:
+                return int(await client.xlen(keys.family("normal").stream))
+            except (OSError, RedisConnectionError):
+                return 0
+
+        with tempfile.TemporaryFile() as log:
+            proc = _scheduler_process(env, log)
+            try:
+                await wait_for(lambda: _at_least(published, 3), timeout=60)
+                private.kill()  # SIGKILL: the scheduler's connection and scripts are gone
+                await anyio.sleep(1.5)
+                private.start()  # same port, same append-only file
+                before = await published()
+                await wait_for(lambda: _at_least(published, before + 3), timeout=60)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(30) == 0, _text(log)
+        seen = _occurrences(await _published(client, keys), "every_second")
+        assert all(count == 1 for count in seen.values())
+        assert sorted(seen) == list(range(min(seen), max(seen) + 1))  # the outage caught up
+    finally:
+        await client.aclose()
+        private.close()
