@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from typing import Any
 
@@ -365,4 +366,71 @@ async def test_healthz_says_stopping_while_in_flight_tasks_drain(
         assert response.status_code == 503
         assert response.json() == {**response.json(), "status": "stopping", "in_flight": 1}
         release.set()
+    await producer.aclose()
+
+
+async def test_reclaimed_and_reaped_entries_are_counted_and_logged(
+    settings: Settings, redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = Registry()
+    ran: list[str] = []
+
+    @registry.handler("job")
+    async def job(payload: dict[str, Any], ctx: TaskContext) -> None:
+        ran.append(ctx.task_id)
+
+    settings = settings.with_overrides(
+        visibility_timeout_seconds=0.3,
+        reclaim_interval_seconds=0.1,
+        max_deliveries=2,
+        metrics_port=free_port(),
+        audit_enabled=False,
+    )
+    port = settings.metrics_port
+    stream = Keyspace(settings.prefix).family("high").stream
+    producer = Producer.from_settings(settings, redis=redis)
+    await producer.publish_many(
+        [TaskSpec(task_type="job", payload={}, priority="high") for _ in range(6)]
+    )
+    await redis.xgroup_create(stream, settings.group, id="0", mkstream=True)
+    # a consumer that died with 4 entries (delivered once), and 2 delivered twice already:
+    # with MAX_DELIVERIES=2 the reclaim makes those a third delivery, and the reaper takes them
+    await redis.xreadgroup(settings.group, "dead-1", {stream: ">"}, count=2)
+    await anyio.sleep(0.01)
+    await redis.xautoclaim(stream, settings.group, "dead-2", 0, "0-0", count=2)
+    await redis.xreadgroup(settings.group, "dead-1", {stream: ">"}, count=4)
+    caplog.set_level(logging.INFO)
+    obs = build_observability(settings, task_types=registry, redis=redis)
+    async with running_worker(settings, registry, hooks=obs.task_hooks, metrics=obs.metrics):
+
+        async def settled() -> bool:
+            samples, _ = await scrape(port)
+            return (
+                value(samples, "task_reclaimed_total", priority="high") == 6
+                and len(ran) == 4
+                and value(
+                    samples,
+                    "task_dead_lettered_total",
+                    priority="high",
+                    reason="max_deliveries_exceeded",
+                )
+                == 2
+            )
+
+        await wait_for(settled, timeout=30, interval=0.2)
+        samples, _ = await scrape(port)
+    assert (
+        value(
+            samples, "tasks_processed_total", task_type="job", priority="high", outcome="completed"
+        )
+        == 4
+    )
+    assert (
+        value(samples, "task_failures_total", task_type="unknown", reason="max_deliveries_exceeded")
+        == 2
+    )
+    assert value(samples, "streamworker_worker_events_total", event="reclaimed") == 6
+    assert value(samples, "streamworker_worker_events_total", event="reaped") == 2
+    reclaimed = [r for r in caplog.records if r.getMessage() == "task_reclaimed"]
+    assert len(reclaimed) == 6
     await producer.aclose()

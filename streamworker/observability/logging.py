@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from ..hooks import Outcome, TaskEnd, WorkerEvent
+from ..hooks import Outcome, TaskEnd
 from ..wire import Rejected, Task
 
 __all__ = ["JsonFormatter", "LoggingHook", "configure_logging"]
@@ -92,8 +92,8 @@ def configure_logging(
 
 
 class LoggingHook:
-    """task_started / task_completed / task_failed lines from the life cycle, and
-    task_reclaimed from worker events. The runner itself logs the decisions
+    """task_started / task_completed / task_failed lines from the life cycle. The runner
+    itself logs the decisions
     (task_retrying, task_dead_lettered, task_deferred); this hook makes them carry the task's
     fields. ``task_failed`` is the attempt's result with its ``duration_ms``."""
 
@@ -142,6 +142,5 @@ class LoggingHook:
     def rejected(self, rejected: Rejected, priority: str) -> None:
         pass  # the runner already logs task_dead_lettered with the reason
 
-    def event(self, event: WorkerEvent, priority: str | None, count: int) -> None:
-        if event is WorkerEvent.RECLAIMED:
-            self._log.info("task_reclaimed", extra={"priority": priority, "count": count})
+    # No ``event``: the recoverer logs task_reclaimed (one line per entry) and the outage
+    # tracker redis_unavailable / redis_reconnected themselves.
