@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streamworker import PermanentError, Producer, Registry, Settings, TaskContext, TaskSpec, Worker
 from streamworker.broker import connect
-from streamworker.embedded import free_port
+from streamworker.embedded import EmbeddedRedis, free_port
 from streamworker.keyspace import Keyspace
 from streamworker.observability import build_observability
 from streamworker.observability.http import MetricsServer
@@ -434,3 +434,39 @@ async def test_reclaimed_and_reaped_entries_are_counted_and_logged(
     reclaimed = [r for r in caplog.records if r.getMessage() == "task_reclaimed"]
     assert len(reclaimed) == 6
     await producer.aclose()
+
+
+async def test_a_redis_restart_counts_errors_then_a_reconnect(settings: Settings) -> None:
+    private = EmbeddedRedis(appendonly=True, appendfsync="always").start()
+    try:
+        registry = Registry()
+        ran: list[str] = []
+
+        @registry.handler("job")
+        async def job(payload: dict[str, Any], ctx: TaskContext) -> None:
+            ran.append(ctx.task_id)
+
+        settings = settings.with_overrides(
+            redis_url=private.url, metrics_port=free_port(), audit_enabled=False
+        )
+        port = settings.metrics_port
+        obs = build_observability(settings, task_types=registry)
+        async with running_worker(settings, registry, hooks=obs.task_hooks, metrics=obs.metrics):
+
+            async def counted(name: str) -> bool:
+                samples, _ = await scrape(port)
+                return value(samples, name) > 0
+
+            await anyio.to_thread.run_sync(private.kill)
+            await wait_for(lambda: counted("streamworker_redis_errors_total"), interval=0.2)
+            samples, _ = await scrape(port)
+            assert value(samples, "task_queue_stats_up") == 0
+            await anyio.to_thread.run_sync(private.start)
+            await wait_for(lambda: counted("streamworker_redis_reconnects_total"), interval=0.2)
+            producer = Producer.from_settings(settings)
+            await producer.publish_many([TaskSpec(task_type="job", payload={}) for _ in range(5)])
+            await wait_for(lambda: len(ran) == 5)
+            await producer.aclose()
+            await wait_for(lambda: counted("task_queue_stats_up"), interval=0.2)  # 2 s cache
+    finally:
+        private.close()
