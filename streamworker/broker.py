@@ -20,7 +20,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from .keyspace import Keyspace, StreamFamily
 from .status import StatusStore
-from .wire import Delivery, Fields, pack_fields, parse_time
+from .wire import MAX_FIELDS, Delivery, Fields, pack_fields, parse_time
 
 __all__ = ["Broker", "ReplayReply", "StatusWrite", "connect"]
 
@@ -87,6 +87,38 @@ def _pairs(flat: Sequence[bytes] | Mapping[bytes, bytes] | None) -> Fields:
         return dict(flat)
     it = iter(flat)
     return dict(zip(it, it, strict=True))
+
+
+_PROVENANCE = frozenset(
+    name.encode()
+    for name in (
+        "task_id", "task_type", "dlq_reason", "dlq_error", "source_stream", "source_id",
+        "group", "consumer", "failed_at",
+    )
+)  # fmt: skip
+
+
+def _fit_for_lua(
+    fields: Mapping[str | bytes, str | bytes],
+) -> Mapping[str | bytes, str | bytes]:
+    """At most ``MAX_FIELDS`` of an entry's own fields, plus the provenance fields.
+
+    A Lua script cannot pass more than about 8000 arguments to one command, so an entry with
+    thousands of fields (refused as malformed) keeps only its first ones in the dead letter,
+    and says how many it dropped, rather than failing to be dead-lettered at all.
+    """
+    if len(fields) <= MAX_FIELDS:
+        return fields
+    kept: dict[str | bytes, str | bytes] = {}
+    dropped = 0
+    for key, value in fields.items():
+        name = key.encode() if isinstance(key, str) else key
+        if name in _PROVENANCE or len(kept) < MAX_FIELDS:
+            kept[key] = value
+        else:
+            dropped += 1
+    kept["dlq_fields_dropped"] = str(dropped)
+    return kept
 
 
 class Broker:
@@ -354,7 +386,7 @@ class Broker:
         """Move the entry to the dead-letter stream and ack it, atomically."""
         family = self.families[delivery.family_index]
         flat: list[str | bytes] = []
-        for key, value in fields.items():
+        for key, value in _fit_for_lua(fields).items():
             flat.append(key)
             flat.append(value)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -45,9 +46,35 @@ class HandlerSpec:
         """Payload JSON -> contract instance (or dict when there is no contract).
 
         Raises msgspec.ValidationError for a contract violation and msgspec.DecodeError for
-        JSON that is not a JSON object.
+        JSON that is not a JSON object. The validation message is cleaned of the values it
+        quotes (msgspec names a bad enum value, for one), since it ends up in ``dlq_error``
+        and statuses, where payload data must never appear.
         """
-        return self.decoder.decode(payload)
+        try:
+            return self.decoder.decode(payload)
+        except msgspec.ValidationError as exc:
+            raise msgspec.ValidationError(_without_values(str(exc))) from None
+        except (UnicodeDecodeError, RecursionError):
+            # msgspec lets these two through for invalid UTF-8 inside a string and for
+            # very deep nesting; both are simply JSON we cannot read.
+            raise msgspec.DecodeError("payload is not valid UTF-8 JSON") from None
+
+
+_QUOTED = re.compile(r"['\"].*['\"]", re.DOTALL)
+_UNKNOWN_FIELD = re.compile(r"unknown field `.*`", re.DOTALL)
+
+
+def _without_values(message: str) -> str:
+    """``Invalid enum value 'Jane Doe' - at `$.kind``` -> ``Invalid enum value … - at `$.kind```.
+
+    The path after `` - at `` stays (msgspec writes dict keys as ``[...]``, so it only holds
+    contract field names); quoted values and unknown field names before it are cut out.
+    """
+    head, sep, path = message.rpartition(" - at `")
+    if not sep:
+        head, path = message, ""
+    head = _UNKNOWN_FIELD.sub("unknown field", _QUOTED.sub("…", head))
+    return (head + sep + path)[:300]
 
 
 class Registry:

@@ -19,6 +19,7 @@ import msgspec
 
 __all__ = [
     "DLQ_REASONS",
+    "MAX_FIELDS",
     "Delivery",
     "Rejected",
     "Task",
@@ -41,6 +42,15 @@ DLQ_REASONS: Final = (
     "contract_violation",
     "permanent_failure",
 )
+
+#: More fields than this is not a task but garbage: refused at the door, because a Lua script
+#: cannot pass more than ~8000 arguments to one command and such an entry could never be
+#: parked for a retry or moved back from the delayed set.
+MAX_FIELDS: Final = 1000
+
+#: A max_retries above this is a mistake rather than a policy (with the 300 s backoff cap it
+#: would retry for longer than a year).
+MAX_RETRIES_CEILING: Final = 100_000
 
 # A fixed namespace so an entry without task_id gets the same id on every delivery.
 _TASK_ID_NAMESPACE: Final = uuid.UUID("5f0c2d55-8a3e-4d7e-9f43-2a4c1b9d6e01")
@@ -180,6 +190,10 @@ def decode_task(
     task_type: str | None = None
     try:
         task_id = _text(fields, b"task_id") or derive_task_id(stream, entry_id)
+        if len(fields) > MAX_FIELDS:
+            return Rejected(
+                "malformed", f"{len(fields)} fields, over the {MAX_FIELDS} field limit", task_id
+            )
         task_type = _text(fields, b"task_type")
         if not task_type:
             return Rejected("malformed", "missing task_type", task_id)
@@ -197,6 +211,8 @@ def decode_task(
         retry_count = _nonnegative_int(fields.get(b"retry_count"), 0) or 0
         field = "max_retries"
         max_retries = _nonnegative_int(fields.get(b"max_retries"), None)
+        if max_retries is not None and max_retries > MAX_RETRIES_CEILING:
+            raise ValueError(f"must be at most {MAX_RETRIES_CEILING}")
         field = "timeout_seconds"
         timeout = _positive_number(fields.get(b"timeout_seconds"))
         field = "scheduled_for"
