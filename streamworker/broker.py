@@ -16,6 +16,8 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import NoScriptError, ResponseError
 
 from .keyspace import Keyspace, StreamFamily
@@ -55,7 +57,15 @@ StatusWrite = tuple[str, str, Mapping[str, str | int | None]]
 
 
 def connect(url: str, **options: Any) -> aioredis.Redis:
-    """An asyncio client (hiredis parser when installed); bytes in, bytes out."""
+    """An asyncio client (hiredis parser when installed); bytes in, bytes out.
+
+    A client made from a URL gets no retries by default, so the first command on a pooled
+    connection that a Redis restart has broken failed even though Redis was back. A few quick
+    retries (on a fresh connection) cover that; a Redis that stays down still gives the caller
+    a ConnectionError within about a second. A retried write may run twice if only its reply
+    was lost: at-least-once, as everywhere else.
+    """
+    options.setdefault("retry", Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3))
     options.setdefault("health_check_interval", 15)
     options.setdefault("socket_keepalive", True)
     options.setdefault("retry_on_timeout", False)

@@ -168,3 +168,14 @@ def start_worker_process(
     if registry is not None:
         registry.append(process)
     return process
+
+
+@pytest.fixture
+def private_redis() -> Iterator[EmbeddedRedis]:
+    """A redis-server of the test's own, AOF on with ``appendfsync always``, that the test may
+    ``kill()`` (SIGKILL) and ``start()`` again on the same port and data directory."""
+    server = EmbeddedRedis(appendonly=True, appendfsync="always").start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -188,7 +188,7 @@ async def test_malformed_corpus_is_dead_lettered_with_reasons_and_worker_keeps_g
 
     expected: dict[bytes, tuple[str, str, dict[bytes, bytes], str]] = {}
     valid_ids: list[bytes] = []
-    async with running_worker(settings, registry):
+    async with running_worker(settings, registry) as worker:
         for i, (name, fields, reason) in enumerate(CORPUS):
             stream = keys.family(PRIORITIES[i % len(PRIORITIES)]).stream
             entry_id = await redis.execute_command("XADD", stream, "*", *_flat(fields))
@@ -202,7 +202,16 @@ async def test_malformed_corpus_is_dead_lettered_with_reasons_and_worker_keeps_g
                 VALID_ODDITIES
             )
 
-        await wait_for(all_settled, timeout=60)
+        try:
+            await wait_for(all_settled, timeout=60)
+        except TimeoutError:
+            dead = await _dead_letters(redis, keys)
+            missing = [v[0] for k, v in expected.items() if k not in dead]
+            groups = [await redis.xinfo_groups(keys.family(p).stream) for p in PRIORITIES]
+            pytest.fail(
+                f"not dead-lettered: {missing}; ran {len(ran)}; read {worker.reader.read_count},"
+                f" in flight {worker.in_flight}, free slots {worker.slots.free}; groups {groups}"
+            )
         # Still healthy: a valid task published after the corpus completes.
         producer = Producer.from_settings(settings, contracts=registry.contracts)
         after = await producer.publish("referral", GOOD_REFERRAL, priority="high")
