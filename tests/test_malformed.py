@@ -156,10 +156,13 @@ def _registry(ran: list[str]) -> Registry:
     return registry
 
 
-async def _dead_letters(redis: aioredis.Redis, keys: Keyspace) -> dict[bytes, dict[bytes, bytes]]:
-    """Dead-letter entries by their source entry id."""
+Source = tuple[bytes, bytes]  # (stream, entry id): ids of different streams can be equal
+
+
+async def _dead_letters(redis: aioredis.Redis, keys: Keyspace) -> dict[Source, dict[bytes, bytes]]:
+    """Dead-letter entries by their source stream and entry id."""
     entries = await redis.xrange(keys.dead_letters)
-    return {fields[b"source_id"]: fields for _, fields in entries}
+    return {(f[b"source_stream"], f[b"source_id"]): f for _, f in entries}
 
 
 async def _nothing_left(redis: aioredis.Redis, keys: Keyspace, group: str) -> bool:
@@ -186,13 +189,13 @@ async def test_malformed_corpus_is_dead_lettered_with_reasons_and_worker_keeps_g
     registry = _registry(ran)
     caplog.set_level(logging.INFO)
 
-    expected: dict[bytes, tuple[str, str, dict[bytes, bytes], str]] = {}
+    expected: dict[Source, tuple[str, str, dict[bytes, bytes], str]] = {}
     valid_ids: list[bytes] = []
     async with running_worker(settings, registry) as worker:
         for i, (name, fields, reason) in enumerate(CORPUS):
             stream = keys.family(PRIORITIES[i % len(PRIORITIES)]).stream
             entry_id = await redis.execute_command("XADD", stream, "*", *_flat(fields))
-            expected[entry_id] = (name, stream, fields, reason)
+            expected[(stream.encode(), entry_id)] = (name, stream, fields, reason)
         for _name, fields in VALID_ODDITIES:
             stream = keys.family("normal").stream
             valid_ids.append(await redis.execute_command("XADD", stream, "*", *_flat(fields)))
@@ -226,8 +229,8 @@ async def test_malformed_corpus_is_dead_lettered_with_reasons_and_worker_keeps_g
         if dead[eid][b"dlq_reason"].decode() != expected[eid][3]
     }
     assert wrong == {}, f"mis-classified: {wrong}"
-    for entry_id, (name, stream, fields, _reason) in expected.items():
-        letter = dead[entry_id]
+    for source, (name, stream, fields, _reason) in expected.items():
+        letter = dead[source]
         for field in PROVENANCE:
             assert letter.get(field.encode()), f"{name}: no {field}"
         assert letter[b"source_stream"] == stream.encode(), name
