@@ -86,6 +86,8 @@ class Bench:
         self, peer: str, concurrency: int, expected: int, warmup: int, label: str
     ) -> subprocess.Popen[bytes]:
         argv, extra_env = load(peer).worker_argv(sys.executable, concurrency)
+        if argv[1] == "-m":
+            argv = [argv[0], "-m", "bench.quiet", *argv[2:]]
         if self.profile:
             # py-spy samples the worker; it writes its collapsed stacks when the worker exits.
             out = self.log_dir.parent / f"profile-{peer}-{label}.txt"
@@ -159,7 +161,7 @@ class Bench:
         proc = self.start_worker(peer, DRAIN_CONCURRENCY, n, 0, "A")
         result: dict[str, Any] = {}
         try:
-            result = self.wait_key(RESULT_KEY, proc, 600)
+            result = self.wait_key(RESULT_KEY, proc, 60 + n / 10)
             cpu1 = self.redis_cpu()
         finally:
             self.stop_worker(proc, result.get("pid"))
@@ -216,7 +218,8 @@ class Bench:
         self._prepublish(peer, n, "--sleep", "0.01")
         proc = self.start_worker(peer, concurrency, n, 0, f"D{concurrency}")
         try:
-            result = self.wait_key(RESULT_KEY, proc, 600)
+            # A system that loses tasks at high concurrency would otherwise hold the run up.
+            result = self.wait_key(RESULT_KEY, proc, 60 + n / 20)
         finally:
             self.stop_worker(proc)
         return {"tasks_per_s": n / result["seconds"], "ideal_tasks_per_s": concurrency / 0.01}
@@ -231,9 +234,10 @@ class Bench:
             time.sleep(1.0)  # let the warm-up's acks and deletes land
             rss0, mem0 = rss_bytes(pid), self.used_memory()
             self._prepublish(peer, n)
-            self.wait_key(RESULT_KEY, proc, 1800)
+            self.wait_key(RESULT_KEY, proc, 120 + n / 20)
             time.sleep(2.0)
             rss1, mem1 = rss_bytes(pid), self.used_memory()
+            keys_left = int(self.client.dbsize())
         finally:
             self.stop_worker(proc)
         return {
@@ -242,6 +246,7 @@ class Bench:
             "worker_rss_after": rss1,
             "redis_used_memory_before": mem0,
             "redis_used_memory_after": mem1,
+            "redis_keys_after": keys_left,  # e.g. status hashes or results kept by design
         }
 
     def _prepublish(self, peer: str, n: int, *extra: str) -> None:
@@ -318,6 +323,7 @@ def markdown(report: dict[str, Any]) -> str:
     medians = report["medians"]
     lines = [
         f"Run {report['date']} · {report['mode']} · median of {report['repetitions']} "
+        f"(once: {', '.join(report['once']) or 'none'}) · sizes {report['sizes']} "
         f"· {report['machine']['cpu']} · {report['machine']['note']}",
         "",
         "| system | A drain tasks/s | A worker µs/task | A redis µs/task | B publish c32 tasks/s "
@@ -337,6 +343,7 @@ def markdown(report: dict[str, Any]) -> str:
         rss = f"{_mb(e.get('worker_rss_before'))}→{_mb(e.get('worker_rss_after'))}" if e else "-"
         mem = (
             f"{_mb(e.get('redis_used_memory_before'))}→{_mb(e.get('redis_used_memory_after'))}"
+            f" ({e.get('redis_keys_after', '?')} keys)"
             if e
             else "-"
         )
@@ -362,6 +369,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", default=",".join(ORDER), help="comma-separated systems")
     parser.add_argument("--repetitions", type=int, default=None)
     parser.add_argument(
+        "--once", default="E", help="workloads run a single repetition (default: E)"
+    )
+    parser.add_argument(
+        "--size",
+        action="append",
+        default=[],
+        metavar="KEY=N",
+        help="override a count, e.g. --size E=50000 (keys: A B C_rate C_seconds D E)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="sample the A drain workers with py-spy"
     )
     args = parser.parse_args(argv)
@@ -371,7 +388,12 @@ def main(argv: list[str] | None = None) -> int:
     workloads = [w.strip().upper() for w in args.workloads.split(",") if w.strip()]
     if unknown := set(workloads) - set("ABCDE"):
         parser.error(f"unknown workloads {sorted(unknown)}; expected A, B, C, D, E")
-    sizes = QUICK if args.quick else FULL
+    sizes = dict(QUICK if args.quick else FULL)
+    for item in args.size:
+        key, _, value = item.partition("=")
+        if key not in sizes or not value.isdigit() or int(value) < 1:
+            parser.error(f"--size {item!r}: expected KEY=N with KEY in {', '.join(sizes)}")
+        sizes[key] = int(value)
     reps = args.repetitions or (1 if args.quick else 3)
     log_dir = RESULTS / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -391,19 +413,22 @@ def main(argv: list[str] | None = None) -> int:
             "versions": versions(peers, bench.client),
             "peers": peers,
         }
+        once = {w.strip().upper() for w in args.once.split(",") if w.strip()}
+        report["once"] = sorted(once)
         plan: list[tuple[str, int, Any]] = []
         for w in workloads:
             if w == "A":
-                plan.append(("A", reps, bench.drain))
+                plan.append(("A", 1 if "A" in once else reps, bench.drain))
             elif w == "B":
-                plan.append(("B", reps, bench.publish_rates))
+                plan.append(("B", 1 if "B" in once else reps, bench.publish_rates))
             elif w == "C":
-                plan.append(("C", reps, bench.latency))
+                plan.append(("C", 1 if "C" in once else reps, bench.latency))
             elif w == "D":
-                plan.append(("D32", reps, lambda p: bench.io_bound(p, 32)))
-                plan.append(("D256", reps, lambda p: bench.io_bound(p, 256)))
+                n = 1 if "D" in once else reps
+                plan.append(("D32", n, lambda p: bench.io_bound(p, 32)))
+                plan.append(("D256", n, lambda p: bench.io_bound(p, 256)))
             elif w == "E":
-                plan.append(("E", 1, bench.memory))  # a size, not a speed: once is enough
+                plan.append(("E", 1 if "E" in once else reps, bench.memory))
         for label, count, fn in plan:
             for rep in range(count):
                 for peer in peers:  # side by side: every system once per repetition
