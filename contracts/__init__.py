@@ -4,15 +4,31 @@ Contracts evolve compatibly: a new field always has a default, so entries writte
 older producer keep decoding; unknown fields are ignored.
 """
 
-from .data import DataProcessing
+from .data import DataExport, DataProcessing, ReportGeneration
+from .delivery import SendEmail, SendSms, Webhook
+from .files import FileCleanup
 from .maintenance import DeadLetterAgeReport, StatusCleanupReport
-from .notifications import CareAlert, MedicationReminder, TestNotification
+from .notifications import (
+    CareAlert,
+    MedicationReminder,
+    QueuedMedicationReminder,
+    TestNotification,
+    WellnessCheckIn,
+)
 
 __all__ = [
     "CareAlert",
+    "DataExport",
     "DataProcessing",
     "DeadLetterAgeReport",
+    "FileCleanup",
     "MedicationReminder",
+    "QueuedMedicationReminder",
+    "ReportGeneration",
+    "SendEmail",
+    "SendSms",
     "StatusCleanupReport",
     "TestNotification",
+    "Webhook",
+    "WellnessCheckIn",
 ]

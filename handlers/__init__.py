@@ -1,5 +1,5 @@
 """Domain handlers. Importing this package registers them with ``streamworker.handler``."""
 
-from . import data, maintenance, notifications
+from . import data, delivery, files, maintenance, notifications
 
-__all__ = ["data", "maintenance", "notifications"]
+__all__ = ["data", "delivery", "files", "maintenance", "notifications"]

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
 if TYPE_CHECKING:
+    from .channels import Services
     from .maintenance import Maintenance
 
-__all__ = ["Outbox", "TaskContext", "bind_maintenance"]
+__all__ = ["Outbox", "TaskContext", "bind_maintenance", "bind_services"]
 
 _task_log = logging.getLogger("streamworker.task")
 
@@ -23,6 +26,17 @@ _maintenance: ContextVar[Maintenance | None] = ContextVar("streamworker_maintena
 def bind_maintenance(maintenance: Maintenance | None) -> Token[Maintenance | None]:
     """Make ``maintenance`` what ``ctx.maintenance`` returns in tasks started from here on."""
     return _maintenance.set(maintenance)
+
+
+# The worker binds its Services before it starts its runner tasks; they inherit the binding
+# (anyio/asyncio tasks copy the context they are started from), so every TaskContext of that
+# worker sees the same services without the runner passing them along.
+_services: ContextVar[Services | None] = ContextVar("streamworker_services", default=None)
+
+
+def bind_services(services: Services | None) -> Token[Services | None]:
+    """Make ``services`` what ``ctx.services`` returns in tasks started from here on."""
+    return _services.set(services)
 
 
 class Outbox:
@@ -82,6 +96,21 @@ class TaskContext:
         if found is None:
             raise RuntimeError("no maintenance service bound: not running in a Worker")
         return found
+
+    @property
+    def services(self) -> Services:
+        """Delivery channels, safeguards and resources, built once by the worker."""
+        services = _services.get()
+        if services is None:
+            raise RuntimeError("no services bound: this handler is not running in a Worker")
+        return services
+
+    @asynccontextmanager
+    async def once(self, scope: str) -> AsyncIterator[bool]:
+        """``async with ctx.once("email") as first:`` — run a side effect only if ``first``;
+        a redelivered task finds it done (``streamworker.resilience.once`` has the details)."""
+        async with self.services.once(scope, self.task_id) as first:
+            yield first
 
     @property
     def retry_count(self) -> int:

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .api.devserver import serve_dev_api
+from .channels.smtp_sink import SmtpSink
 from .embedded import EmbeddedRedis
 from .hooks import Outcome, ProducerHook, TaskEnd
 from .observability import build_observability
@@ -78,6 +79,7 @@ async def run_dev(settings: Settings, demo: bool, demo_count: int, exit_after_de
         console.print(f"[bold]streamworker dev[/]: private redis-server at {embedded.url}")
     else:
         console.print("[bold]streamworker dev[/]: using REDIS_URL")
+    sink, settings = _start_mail_sink(settings)
     tally = _Tally()
     # metrics on even without METRICS_PORT: the dev API's /metrics serves them
     obs = build_observability(
@@ -97,6 +99,8 @@ async def run_dev(settings: Settings, demo: bool, demo_count: int, exit_after_de
             )
             if demo:
                 await _demo(settings, tally, demo_count, obs.producer_hooks)
+                if sink is not None:
+                    await _show_mail(sink)
                 if exit_after_demo:
                     scheduler.stop()
                     worker.stop()
@@ -110,8 +114,43 @@ async def run_dev(settings: Settings, demo: bool, demo_count: int, exit_after_de
                     api.stop()
                     break
     finally:
+        if sink is not None:
+            sink.stop()
         if embedded is not None:
             await anyio.to_thread.run_sync(embedded.close)
+
+
+def _start_mail_sink(settings: Settings) -> tuple[SmtpSink | None, Settings]:
+    """With SMTP_HOST unset, reminders and alerts go to a local SMTP sink (aiosmtpd, a
+    development dependency) and recipients get ``<ref>@patients.example`` addresses."""
+    if settings.smtp_host:
+        return None, settings
+    try:
+        sink = SmtpSink().start()
+    except ImportError:
+        console.print("no SMTP sink (aiosmtpd is not installed): e-mail is not configured")
+        return None, settings
+    console.print(f"local SMTP sink at {sink.host}:{sink.port} (SMTP_HOST unset)")
+    return sink, settings.with_overrides(
+        smtp_host=sink.host,
+        smtp_port=sink.port,
+        smtp_from="care-notifications@streamworker.dev",
+        recipient_email_domain=settings.recipient_email_domain or "patients.example",
+    )
+
+
+async def _show_mail(sink: SmtpSink) -> None:
+    """What the demo's notifications delivered: counts by subject and a few examples."""
+    await anyio.sleep(0.2)  # the last messages may still be in the sink's hands
+    messages = list(sink.messages)
+    subjects = Counter(str(m["Subject"]) for m in messages)
+    console.print(f"delivered by e-mail to the local SMTP sink: {len(messages)} messages")
+    for subject, n in subjects.most_common(6):
+        console.print(f"  {n:>5}  {subject}")
+    for message in messages[:3]:
+        body = message.get_body(("plain",))
+        text = body.get_content().strip() if body is not None else ""
+        console.print(f"  e.g. to {message['To']}: {text[:80]}")
 
 
 async def _demo(

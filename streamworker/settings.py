@@ -84,6 +84,29 @@ class Settings:
     audit_buffer_size: int = 10_000
     reclaim_interval_seconds: float = 5.0
     consumer_idle_seconds: float = 3600.0
+    # Delivery channels and handler resources (README "Handlers"); None = not configured.
+    smtp_host: str | None = None
+    smtp_port: int | None = None  # default 465 with SMTP_TLS, else 587 (25 without STARTTLS)
+    smtp_username: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    smtp_from: str = "streamworker@localhost"
+    smtp_starttls: bool | None = None  # None: use STARTTLS when the server offers it
+    smtp_tls: bool = False
+    sms_gateway_url: str | None = None
+    sms_api_key: str | None = field(default=None, repr=False)
+    notification_service_url: str | None = None
+    user_service_url: str | None = None
+    recipient_email_domain: str | None = None
+    http_timeout_seconds: float = 10.0
+    webhook_allow_private: bool = False
+    export_dir: str | None = None
+    cleanup_root: str | None = None
+    rate_limits: tuple[tuple[str, float], ...] = ()
+    breaker_failure_threshold: int = 5
+    breaker_failure_ratio: float = 0.5
+    breaker_min_calls: int = 20
+    breaker_window_seconds: float = 60.0
+    breaker_cooldown_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -116,6 +139,8 @@ class Settings:
             )
         if any(c.isspace() for c in self.consumer) or not self.consumer:
             raise ConfigError("STREAMWORKER_CONSUMER", "must be a non-empty name without spaces")
+        if self.smtp_tls and self.smtp_starttls:
+            raise ConfigError("SMTP_STARTTLS", "cannot be combined with SMTP_TLS=true (pick one)")
 
     @property
     def otel_enabled(self) -> bool:
@@ -232,7 +257,29 @@ def _url(raw: str) -> str:
 def _http_url(raw: str) -> str:
     if not raw.startswith(("http://", "https://")) or len(raw) <= len("https://"):
         raise ValueError("must be an http:// or https:// URL")
-    return raw
+    return raw.rstrip("/")
+
+
+def _ratio(raw: str) -> float:
+    value = _number()(raw)
+    if value > 1:
+        raise ValueError("must be a number > 0 and <= 1")
+    return value
+
+
+def _rate_limits(raw: str) -> tuple[tuple[str, float], ...]:
+    """``sms=10,email=50``: per channel, the most sends per second across all replicas."""
+    limits: dict[str, float] = {}
+    for part in _csv(raw):
+        name, sep, value = part.partition("=")
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = -1.0
+        if not sep or not name.strip() or not math.isfinite(rate) or rate <= 0:
+            raise ValueError("must look like sms=10,email=50 (sends per second, > 0)")
+        limits[name.strip()] = rate
+    return tuple(sorted(limits.items()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,4 +341,26 @@ _VARIABLES: tuple[_Var, ...] = (
     _Var("AUDIT_BUFFER_SIZE", "audit_buffer_size", _int(100, 10_000_000)),
     _Var("RECLAIM_INTERVAL_SECONDS", "reclaim_interval_seconds", _number()),
     _Var("CONSUMER_IDLE_SECONDS", "consumer_idle_seconds", _number()),
+    _Var("SMTP_HOST", "smtp_host", _name),
+    _Var("SMTP_PORT", "smtp_port", _port),
+    _Var("SMTP_USERNAME", "smtp_username", str),
+    _Var("SMTP_PASSWORD", "smtp_password", str),
+    _Var("SMTP_FROM", "smtp_from", _name),
+    _Var("SMTP_STARTTLS", "smtp_starttls", _bool),
+    _Var("SMTP_TLS", "smtp_tls", _bool),
+    _Var("SMS_GATEWAY_URL", "sms_gateway_url", _http_url),
+    _Var("SMS_API_KEY", "sms_api_key", str),
+    _Var("NOTIFICATION_SERVICE_URL", "notification_service_url", _http_url),
+    _Var("USER_SERVICE_URL", "user_service_url", _http_url),
+    _Var("RECIPIENT_EMAIL_DOMAIN", "recipient_email_domain", _name),
+    _Var("HTTP_TIMEOUT_SECONDS", "http_timeout_seconds", _number()),
+    _Var("WEBHOOK_ALLOW_PRIVATE", "webhook_allow_private", _bool),
+    _Var("EXPORT_DIR", "export_dir", str),
+    _Var("CLEANUP_ROOT", "cleanup_root", str),
+    _Var("RATE_LIMITS", "rate_limits", _rate_limits),
+    _Var("BREAKER_FAILURE_THRESHOLD", "breaker_failure_threshold", _int(1, 10000)),
+    _Var("BREAKER_FAILURE_RATIO", "breaker_failure_ratio", _ratio),
+    _Var("BREAKER_MIN_CALLS", "breaker_min_calls", _int(1)),
+    _Var("BREAKER_WINDOW_SECONDS", "breaker_window_seconds", _number()),
+    _Var("BREAKER_COOLDOWN_SECONDS", "breaker_cooldown_seconds", _number()),
 )

@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..broker import Broker, connect
-from ..context import Outbox, bind_maintenance
+from ..channels import Services
+from ..context import Outbox, bind_maintenance, bind_services
 from ..hooks import TaskHook, TaskHooks
 from ..keyspace import Keyspace
 from ..maintenance import Maintenance
@@ -105,6 +106,8 @@ class Worker:
             Outbox(self.redis, self.keys.notification_outbox),
         )
         self.metrics = metrics  # served with the queue gauges on METRICS_PORT when set
+        #: Channels and resources for handlers (``ctx.services``), built once per worker.
+        self.services = Services(settings, self.redis, self.keys)
         self._stop = anyio.Event()
         self.in_flight = 0
         self.completed_runs = 0
@@ -129,6 +132,7 @@ class Worker:
         await until_done(self._prepare, what="start", max_delay=2.0)
         # The runner tasks started below inherit this binding (ctx.maintenance).
         bind_maintenance(Maintenance(self.redis, self.keys, self.settings.completed_ttl_seconds))
+        bind_services(self.services)
         send, receive = anyio.create_memory_object_stream[Delivery](0)
         async with anyio.create_task_group() as services:
             await services.start(self.acker.run)
@@ -165,6 +169,7 @@ class Worker:
             with anyio.move_on_after(10):
                 await self.acker.finished.wait()
             services.cancel_scope.cancel()
+        await self.services.aclose()
         if self._owns_redis:
             await self.redis.aclose()
         log.info("worker_stopped", extra={"consumer": self.settings.consumer})
