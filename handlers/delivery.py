@@ -22,7 +22,8 @@ async def send_email(payload: SendEmail, ctx: TaskContext) -> bool:
         body=payload.body,
         reference=f"{ctx.task_id}.email",
     )
-    return await services.deliver("email", lambda: services.email.send(mail), task_id=ctx.task_id)
+    channel = services.email  # not configured: refused before anything is claimed
+    return await services.deliver("email", lambda: channel.send(mail), task_id=ctx.task_id)
 
 
 handler("email", contract=SendEmail, timeout_seconds=60)(send_email)
@@ -31,11 +32,10 @@ handler("email", contract=SendEmail, timeout_seconds=60)(send_email)
 @handler("send_sms", contract=SendSms, timeout_seconds=30)
 async def send_sms(payload: SendSms, ctx: TaskContext) -> bool:
     services = ctx.services
+    sms = services.sms
     return await services.deliver(
         "sms",
-        lambda: services.sms.send(
-            to=payload.to, message=payload.message, reference=f"{ctx.task_id}.sms"
-        ),
+        lambda: sms.send(to=payload.to, message=payload.message, reference=f"{ctx.task_id}.sms"),
         task_id=ctx.task_id,
     )
 

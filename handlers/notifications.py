@@ -55,6 +55,8 @@ async def notify(notice: Notice, ctx: TaskContext) -> int:
             send = _sms_sender(services, notice, contact.phone, ctx.task_id)
         elif channel == "push":
             send = _push_sender(services, notice, ctx.task_id)
+        elif channel == "outbox":
+            send = _outbox_sender(ctx, notice)
         else:
             raise PermanentError(
                 f"channel {channel!r} cannot reach a person (use email, sms, push)"
@@ -76,9 +78,10 @@ def _email_sender(services: Services, notice: Notice, address: str | None, task_
     mail = OutgoingEmail(
         to=address, subject=notice.subject, body=notice.text, reference=f"{task_id}.email"
     )
+    email = services.email  # not configured: refused before anything is claimed
 
     async def send() -> None:
-        await services.email.send(mail)
+        await email.send(mail)
 
     return send
 
@@ -86,22 +89,33 @@ def _email_sender(services: Services, notice: Notice, address: str | None, task_
 def _sms_sender(services: Services, notice: Notice, phone: str | None, task_id: str) -> Send:
     if not phone:
         raise PermanentError("sms chosen but the recipient has no phone number")
+    sms = services.sms
 
     async def send() -> None:
-        await services.sms.send(to=phone, message=notice.text, reference=f"{task_id}.sms")
+        await sms.send(to=phone, message=notice.text, reference=f"{task_id}.sms")
 
     return send
 
 
 def _push_sender(services: Services, notice: Notice, task_id: str) -> Send:
+    push = services.push
+
     async def send() -> None:
-        await services.push.send(
+        await push.send(
             recipient_ref=notice.recipient_ref,
             kind=notice.kind,
             title=notice.subject,
             body=notice.text,
             reference=f"{task_id}.push",
         )
+
+    return send
+
+
+def _outbox_sender(ctx: TaskContext, notice: Notice) -> Send:
+    async def send() -> None:
+        # References only: the outside delivery process renders the text from its records.
+        await ctx.outbox.put(kind=notice.kind, task_id=ctx.task_id, recipient=notice.recipient_ref)
 
     return send
 

@@ -241,3 +241,22 @@ async def _backlog_empty(redis: aioredis.Redis, s: Settings) -> bool:
         if await redis.xlen(family.stream) or await redis.zcard(family.delayed):
             return False
     return True
+
+
+async def test_without_any_channel_configured_notices_wait_in_the_outbox(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    producer = Producer.from_settings(settings, contracts=default_registry.contracts)
+    async with running_worker(settings, default_registry):
+        task_id = await producer.publish(
+            "send_medication_reminder",
+            {"user_id": "u-5", "medication_name": "Lisinopril", "dosage": "10mg",
+             "reminder_time": "14:00"},
+        )  # fmt: skip
+        await wait_for(lambda: _status_is(redis, settings, task_id, "completed"))
+    await producer.aclose()
+    entries = await redis.xrange(Keyspace(settings.prefix).notification_outbox)
+    assert len(entries) == 1
+    fields = {k.decode(): v.decode() for k, v in entries[0][1].items()}
+    # references only: no medication, no text
+    assert fields == {"kind": "medication_reminder", "task_id": task_id, "recipient": "u-5"}

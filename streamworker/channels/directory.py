@@ -5,7 +5,8 @@ Service (``GET {USER_SERVICE_URL}/api/v1/users/{ref}/contact-preferences`` answe
 ``{"channels": [...], "email": ..., "phone": ...}``) when configured; else e-mail to
 ``<ref>@RECIPIENT_EMAIL_DOMAIN`` when that is set (a relay that maps pseudonymous addresses;
 dev mode uses it), else push through the Notification Service, which resolves references
-itself.
+itself, else the notification outbox stream (``notification_outbox``: references only) for a
+delivery process outside this service.
 """
 
 from __future__ import annotations
@@ -67,10 +68,9 @@ class Directory:
             return ContactPreferences(channels=("email",), email=fallback)
         if self._push:
             return ContactPreferences(channels=("push",))
-        raise PermanentError(
-            "no delivery channel for the recipient: set USER_SERVICE_URL, "
-            "RECIPIENT_EMAIL_DOMAIN or NOTIFICATION_SERVICE_URL, or name channels in the task"
-        )
+        # Nothing configured to reach people directly: leave the notice, by reference, in the
+        # notification outbox stream for a delivery process outside this service.
+        return ContactPreferences(channels=("outbox",))
 
     def _fallback_email(self, ref: str) -> str | None:
         return f"{ref}@{self._domain}" if self._domain else None
