@@ -18,6 +18,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from .keyspace import Keyspace, StreamFamily
@@ -231,9 +232,16 @@ class Broker:
     async def wait_for_entries(self, consumer: str, block_ms: int) -> list[Delivery]:
         """Block until any stream has a new entry (at most one per stream is returned)."""
         streams: dict[Any, Any] = {f.stream: ">" for f in self.families}
-        reply: Any = await self.redis.xreadgroup(
-            self.group, consumer, streams, count=1, block=block_ms
-        )
+        try:
+            reply: Any = await self.redis.xreadgroup(
+                self.group, consumer, streams, count=1, block=block_ms
+            )
+        except ResponseError as exc:
+            if not str(exc).startswith("UNBLOCKED"):
+                raise
+            # The server turned into a replica under us (a failover): for the worker that is
+            # the same as a dropped connection, to be waited out and retried.
+            raise RedisConnectionError("Redis changed role during a blocking read") from None
         now = time.time()
         out = []
         for stream, entries in reply or ():

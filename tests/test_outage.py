@@ -227,3 +227,32 @@ async def test_published_tasks_survive_kill_9_of_redis(
         await redis.aclose()
     finally:
         server.close()
+
+
+async def test_worker_survives_a_failover_through_a_read_only_replica(
+    settings: Settings, private_redis: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """During a failover the address can briefly point at a replica, which answers writes
+    with READONLY. The worker must wait that out like a connection error, not crash."""
+    caplog.set_level(logging.INFO)
+    settings = settings.with_overrides(redis_url=private_redis.url)
+    redis = connect(private_redis.url)
+    done: list[str] = []
+    registry = Registry()
+
+    @registry.handler("noop")
+    async def noop(payload: dict[str, Any], ctx: TaskContext) -> None:
+        done.append(ctx.task_id)
+
+    producer = Producer.from_settings(settings)
+    async with running_worker(settings, registry):
+        await producer.publish("noop", {})
+        await wait_for(lambda: len(done) == 1)
+        await redis.execute_command("REPLICAOF", "127.0.0.1", "1")  # read-only now
+        await anyio.sleep(1.0)  # the worker's writes (promoter, reads) meet READONLY
+        await redis.execute_command("REPLICAOF", "NO", "ONE")  # promoted: writable again
+        await producer.publish("noop", {})
+        await wait_for(lambda: len(done) == 2, timeout=30)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    await producer.aclose()
+    await redis.aclose()

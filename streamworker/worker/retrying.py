@@ -8,13 +8,15 @@ from typing import TypeVar
 
 import anyio
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 T = TypeVar("T")
 log = logging.getLogger("streamworker.worker")
 
-#: Errors that mean "Redis is not reachable right now", as opposed to a bug.
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Errors that mean "Redis is not reachable right now", as opposed to a bug. READONLY is the
+#: answer of a replica during a failover, until the address points at the new primary.
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError, ReadOnlyError)
 
 
 async def until_done(
