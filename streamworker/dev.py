@@ -88,25 +88,25 @@ async def run_dev(settings: Settings, demo: bool, demo_count: int, exit_after_de
     worker = Worker(settings, hooks=[*obs.task_hooks, tally], metrics=obs.metrics)
     scheduler = Scheduler(settings, schedules)
     try:
-        async with obs.running(), anyio.create_task_group() as tg:
-            await tg.start(worker.run)
-            await tg.start(scheduler.run)
-            api = await tg.start(serve_dev_api, settings, console, obs.producer_hooks)
-            console.print(
-                f"worker {settings.consumer} up: {worker.concurrency} handler slots, "
-                f"{len(default_registry)} task types, {len(scheduler.schedules)} schedules; "
-                "Ctrl+C to stop"
-            )
-            if demo:
-                await _demo(settings, tally, demo_count, obs.producer_hooks)
-                if sink is not None:
-                    await _show_mail(sink)
-                if exit_after_demo:
-                    scheduler.stop()
-                    worker.stop()
-                    api.stop()
-                    return
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with obs.running(), anyio.create_task_group() as tg:
+                await tg.start(worker.run)
+                await tg.start(scheduler.run)
+                api = await tg.start(serve_dev_api, settings, console, obs.producer_hooks)
+                console.print(
+                    f"worker {settings.consumer} up: {worker.concurrency} handler slots, "
+                    f"{len(default_registry)} task types, {len(scheduler.schedules)} schedules; "
+                    "Ctrl+C to stop"
+                )
+                if demo:
+                    await _demo(settings, tally, demo_count, obs.producer_hooks)
+                    if sink is not None:
+                        await _show_mail(sink)
+                    if exit_after_demo:
+                        scheduler.stop()
+                        worker.stop()
+                        api.stop()
+                        return
                 async for _ in signals:
                     console.print("stopping: letting in-flight tasks finish")
                     scheduler.stop()

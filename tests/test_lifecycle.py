@@ -256,3 +256,18 @@ def test_dev_demo_runs_and_leaves_nothing_behind(settings: Settings) -> None:
     port = result.stderr.split("redis://127.0.0.1:", 1)[1].split("/", 1)[0]
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", int(port)), timeout=1)
+
+
+async def test_sigterm_stops_a_worker_still_waiting_for_redis(
+    settings: Settings, worker_processes: list[WorkerProcess]
+) -> None:
+    # Redis unreachable at start: the worker keeps retrying; SIGTERM must still end it, with
+    # exit 0 and no traceback, rather than leaving it stuck or killed by the default action.
+    from streamworker.embedded import free_port
+
+    nowhere = settings.with_overrides(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    process = start_worker_process(nowhere, registry=worker_processes, LOG_LEVEL="info")
+    await wait_for(lambda: "redis_unavailable" in process.output(), timeout=60)
+    rc = await anyio.to_thread.run_sync(process.terminate)
+    assert rc == 0, process.output()
+    assert "Traceback" not in process.output()

@@ -25,9 +25,11 @@ if TYPE_CHECKING:
 
 
 async def _serve_until_signalled(server: ApiServer, obs: Observability) -> None:
-    async with obs.running(), anyio.create_task_group() as tg:
-        await tg.start(server.serve)
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    # The receiver is open before the server starts: a SIGTERM that arrives as soon as the
+    # server answers is queued here rather than killing the process with the default action.
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with obs.running(), anyio.create_task_group() as tg:
+            await tg.start(server.serve)
             async for _ in signals:
                 server.stop()
                 break

@@ -23,9 +23,11 @@ async def serve_until_signalled(worker: Worker, obs: Observability | None = None
         async with obs.running():
             await serve_until_signalled(worker)
         return
-    async with anyio.create_task_group() as tg:
-        await tg.start(worker.run)
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    # Signals are watched from the start: one that arrives while the worker is still starting
+    # (e.g. waiting for Redis) stops it too, instead of killing the process.
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
             async for _ in signals:
                 worker.stop()
                 break

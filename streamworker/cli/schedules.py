@@ -72,9 +72,9 @@ def loaded_schedules(settings: Settings, *, log_left_out: bool = False) -> list[
 
 async def serve_scheduler(scheduler: Scheduler) -> None:
     """Run until SIGTERM or SIGINT, then stop and free the lease."""
-    async with anyio.create_task_group() as tg:
-        await tg.start(scheduler.run)
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with anyio.create_task_group() as tg:
+            await tg.start(scheduler.run)
             async for _ in signals:
                 scheduler.stop()
                 break

@@ -85,6 +85,12 @@ class MetricsServer:
         self.port = port
         return self
 
+    async def aclose(self) -> None:
+        """Release a port bound by :meth:`bind` without serving (the worker never started)."""
+        if self._listener is not None:
+            await self._listener.aclose()
+            self._listener = None
+
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:

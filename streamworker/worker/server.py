@@ -109,6 +109,7 @@ class Worker:
         #: Channels and resources for handlers (``ctx.services``), built once per worker.
         self.services = Services(settings, self.redis, self.keys)
         self._stop = anyio.Event()
+        self._starting: anyio.CancelScope | None = None  # made in run(): needs the event loop
         self.in_flight = 0
         self.completed_runs = 0
 
@@ -117,8 +118,11 @@ class Worker:
         return self._stop.is_set()
 
     def stop(self) -> None:
-        """Ask for a graceful stop (what SIGTERM does)."""
+        """Ask for a graceful stop (what SIGTERM does); also ends a start still waiting for
+        Redis."""
         self._stop.set()
+        if self._starting is not None:
+            self._starting.cancel()
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -129,7 +133,17 @@ class Worker:
 
             # Bound first: a port in use stops the start with a clear error, nothing leaks.
             metrics_server = await MetricsServer(self, self.metrics).bind()
-        await until_done(self._prepare, what="start", max_delay=2.0)
+        self._starting = anyio.CancelScope()
+        if self._stop.is_set():
+            self._starting.cancel()
+        with self._starting:
+            await until_done(self._prepare, what="start", max_delay=2.0)
+        if self._stop.is_set():  # stopped while waiting for Redis: nothing was started
+            if metrics_server is not None:
+                await metrics_server.aclose()
+            if self._owns_redis:
+                await self.redis.aclose()
+            return
         # The runner tasks started below inherit this binding (ctx.maintenance).
         bind_maintenance(Maintenance(self.redis, self.keys, self.settings.completed_ttl_seconds))
         bind_services(self.services)
