@@ -166,11 +166,12 @@ async def test_export_manifest_checksum_verifies(
         report_id = await producer.publish(
             "report_generation", {"report_type": "task_summary", "start_date": "2020-01-01"}
         )
+        for task_id in (csv_id, jsonl_id, report_id):
+            await wait_for(lambda t=task_id: _status_is(redis, s, t, "completed"))
+        # Only now: published earlier, its dead letter could land before the report counts.
         bad = await producer.publish(
             "report_generation", {"start_date": "2024-02-01", "end_date": "2024-01-01"}
         )
-        for task_id in (csv_id, jsonl_id, report_id):
-            await wait_for(lambda t=task_id: _status_is(redis, s, t, "completed"))
         await wait_for(lambda: _status_is(redis, s, bad, "failed"))
     await producer.aclose()
     export_dir = tmp_path / "exports"
