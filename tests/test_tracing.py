@@ -135,3 +135,28 @@ def test_tracing_is_off_unless_configured(settings: Settings) -> None:
 def test_bad_otel_values_name_the_variable(variable: str, raw: str) -> None:
     with pytest.raises(ConfigError, match=variable):
         Settings.from_env({variable: raw})
+
+
+def test_cli_publish_sends_a_producer_span(settings: Settings) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, worker_env
+
+    with otlp_receiver() as (receiver, endpoint):
+        env = worker_env(
+            settings,
+            STREAMWORKER_HANDLERS="handlers",
+            OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+            OTEL_SERVICE_NAME="bg-cli",
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "streamworker", "publish", "test_notification",
+             "--payload", '{"message": "hello"}'],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        task_id = done.stdout.strip()
+        [span] = [s for s in receiver.spans if s.kind == PRODUCER]
+    assert span.attributes["messaging.message.id"] == task_id
+    assert span.resource["service.name"] == "bg-cli"

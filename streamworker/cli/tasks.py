@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
+import anyio
 import msgspec
 import typer
 from rich.console import Console
@@ -50,8 +51,16 @@ def publish(
         fail(str(exc))
 
     async def go() -> str:
+        # Tracing only (a PRODUCER span, and traceparent in the entry) when OTEL_* turns it
+        # on; nothing is installed otherwise. No audit sinks for a one-shot command.
+        from ..observability import build_observability
+
+        obs = build_observability(settings.with_overrides(audit_enabled=False), metrics=False)
         producer = Producer.from_settings(
-            settings, contracts=default_registry.contracts, require_known_type=True
+            settings,
+            contracts=default_registry.contracts,
+            require_known_type=True,
+            hooks=obs.producer_hooks,
         )
         try:
             return await producer.publish(
@@ -67,6 +76,8 @@ def publish(
             )
         finally:
             await producer.aclose()
+            if obs.tracer_provider is not None:  # export the span before the process ends
+                await anyio.to_thread.run_sync(obs.tracer_provider.shutdown)
 
     with redis_errors(settings):
         try:
