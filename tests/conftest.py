@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from streamworker import Registry, Settings, Worker
 from streamworker.broker import connect
 from streamworker.embedded import EmbeddedRedis
+from streamworker.keyspace import Keyspace
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,6 +98,29 @@ async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.02
             if result:
                 return
             await anyio.sleep(interval)
+
+
+# -- what tests poll for (with wait_for) and look at ------------------------------------
+
+
+async def status_is(redis: aioredis.Redis, settings: Settings, task_id: str, state: str) -> bool:
+    """The task's status hash says ``state``."""
+    current = await redis.hget(Keyspace(settings.prefix).status(task_id), "status")
+    return current is not None and current.decode() == state
+
+
+async def dead_letters(redis: aioredis.Redis, settings: Settings) -> list[dict[str, str]]:
+    """The dead-letter entries, oldest first, as text."""
+    entries = await redis.xrange(Keyspace(settings.prefix).dead_letters)
+    return [{k.decode(): v.decode(errors="replace") for k, v in f.items()} for _, f in entries]
+
+
+async def pending_is(redis: aioredis.Redis, stream: str, group: str, n: int) -> bool:
+    return int((await redis.xpending(stream, group))["pending"]) == n
+
+
+async def xlen_is(redis: aioredis.Redis, key: str, n: int) -> bool:
+    return int(await redis.xlen(key)) == n
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:

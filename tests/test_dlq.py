@@ -23,7 +23,7 @@ from streamworker.deadletters import DeadLetters, InvalidDeadLetterId
 from streamworker.keyspace import Keyspace
 from streamworker.settings import ConfigError
 from streamworker.status import StatusStore
-from tests.conftest import ROOT, running_worker, wait_for, worker_env
+from tests.conftest import ROOT, running_worker, wait_for, worker_env, xlen_is
 
 pytestmark = pytest.mark.anyio
 
@@ -65,12 +65,8 @@ async def dead_letter_some(
     dead = Keyspace(settings.prefix).dead_letters
     already = int(await redis.xlen(dead))
     async with running_worker(settings, failing.registry):
-        await wait_for(lambda: _xlen_is(redis, dead, already + boom + unknown))
+        await wait_for(lambda: xlen_is(redis, dead, already + boom + unknown))
     return ids
-
-
-async def _xlen_is(redis: aioredis.Redis, key: str, n: int) -> bool:
-    return int(await redis.xlen(key)) == n
 
 
 async def _lengths(redis: aioredis.Redis, settings: Settings) -> list[int]:
@@ -206,7 +202,7 @@ async def test_replay_by_type_reason_all_and_dry_run(
     failing.fixed = True
     async with running_worker(settings, failing.registry):
         await wait_for(lambda: len(failing.completed) == 3)
-        await wait_for(lambda: _xlen_is(redis, dlq.keys.dead_letters, 2))
+        await wait_for(lambda: xlen_is(redis, dlq.keys.dead_letters, 2))
     again = (await dlq.list()).entries
     assert {e.reason for e in again} == {"unknown_task_type"}
     assert all(e.replayed_from for e in again)  # a second failure remembers the first

@@ -15,7 +15,7 @@ from streamworker.channels.smtp_sink import SmtpSink, free_port
 from streamworker.keyspace import Keyspace
 from streamworker.registry import default_registry
 from streamworker.status import StatusStore
-from tests.conftest import running_worker, wait_for
+from tests.conftest import running_worker, status_is, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -47,7 +47,7 @@ async def test_send_email_arrives_with_the_right_headers(
                 {"to": "nurse@clinic.example", "subject": "Shift plan", "body": "See you at 8."},
             )
             await wait_for(lambda: len(sink.messages) == 1)
-            await wait_for(lambda: _status_is(redis, s, task_id, "completed"), timeout=10)
+            await wait_for(lambda: status_is(redis, s, task_id, "completed"), timeout=10)
         await producer.aclose()
     message = sink.messages[0]
     assert message["From"] == "care@clinic.example"
@@ -107,7 +107,7 @@ async def test_a_redelivered_task_does_not_send_again(
         async with running_worker(s, default_registry):
             await producer.publish("send_email", payload, task_id=task_id)
             await wait_for(lambda: len(sink.messages) == 1)
-            await wait_for(lambda: _status_is(redis, s, task_id, "completed"))
+            await wait_for(lambda: status_is(redis, s, task_id, "completed"))
             # the same task delivered again (a replay, a reclaim after a crash)
             await producer.publish("send_email", payload, task_id=task_id)
             await producer.publish("send_email", payload)  # a different task does send
@@ -134,7 +134,7 @@ async def test_notifications_disabled_complete_as_skipped(
         producer = Producer.from_settings(s, contracts=default_registry.contracts)
         async with running_worker(s, default_registry):
             task_id = await producer.publish("care_alert", {"patient_ref": "p-9", "alert": "fall"})
-            await wait_for(lambda: _status_is(redis, s, task_id, "completed"))
+            await wait_for(lambda: status_is(redis, s, task_id, "completed"))
         await producer.aclose()
         assert sink.messages == []
     status = await status_of(redis, s, task_id)
@@ -156,7 +156,7 @@ async def test_email_without_smtp_host_is_dead_lettered_naming_the_variable(
         task_id = await producer.publish(
             "send_email", {"to": "x@clinic.example", "subject": "s", "body": "b"}
         )
-        await wait_for(lambda: _status_is(redis, settings, task_id, "failed"))
+        await wait_for(lambda: status_is(redis, settings, task_id, "failed"))
     await producer.aclose()
     entries = await redis.xrange(Keyspace(settings.prefix).dead_letters)
     fields = {k.decode(): v.decode() for k, v in entries[0][1].items()}
@@ -215,20 +215,16 @@ async def test_smtp_outage_opens_the_breaker_defers_and_recovers(
     assert opened is not None and opened >= 1
 
 
-async def _status_is(redis: aioredis.Redis, s: Settings, task_id: str, state: str) -> bool:
-    return (await status_of(redis, s, task_id)).get("status") == state
-
-
 async def _all_status(redis: aioredis.Redis, s: Settings, ids: list[str], state: str) -> bool:
     for task_id in ids:
-        if not await _status_is(redis, s, task_id, state):
+        if not await status_is(redis, s, task_id, state):
             return False
     return True
 
 
 async def _some_scheduled(redis: aioredis.Redis, s: Settings, ids: list[str]) -> bool:
     for task_id in ids:
-        if await _status_is(redis, s, task_id, "scheduled"):
+        if await status_is(redis, s, task_id, "scheduled"):
             return True
     return False
 
@@ -256,7 +252,7 @@ async def test_without_any_channel_configured_notices_wait_in_the_outbox(
             {"user_id": "u-5", "medication_name": "Lisinopril", "dosage": "10mg",
              "reminder_time": "14:00"},
         )  # fmt: skip
-        await wait_for(lambda: _status_is(redis, settings, task_id, "completed"))
+        await wait_for(lambda: status_is(redis, settings, task_id, "completed"))
     await producer.aclose()
     entries = await redis.xrange(Keyspace(settings.prefix).notification_outbox)
     assert len(entries) == 1

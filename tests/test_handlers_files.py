@@ -20,14 +20,10 @@ from streamworker.channels.ssrf import is_public_address
 from streamworker.keyspace import Keyspace
 from streamworker.registry import default_registry
 from tests.channel_servers import http_receiver
-from tests.conftest import running_worker, wait_for
+from tests.conftest import running_worker, status_is, wait_for
 from tests.test_handlers_email import status_of
 
 pytestmark = pytest.mark.anyio
-
-
-async def _status_is(redis: aioredis.Redis, s: Settings, task_id: str, state: str) -> bool:
-    return (await status_of(redis, s, task_id)).get("status") == state
 
 
 async def dead_letters(redis: aioredis.Redis, s: Settings) -> dict[str, dict[str, str]]:
@@ -84,9 +80,9 @@ async def test_file_cleanup_stays_inside_its_root(
                 "etc": "/etc",
             }.items()
         }
-        await wait_for(lambda: _status_is(redis, s, ok, "completed"))
+        await wait_for(lambda: status_is(redis, s, ok, "completed"))
         for task_id in refused.values():
-            await wait_for(lambda t=task_id: _status_is(redis, s, t, "failed"))
+            await wait_for(lambda t=task_id: status_is(redis, s, t, "failed"))
     await producer.aclose()
     assert not old_file.exists() and not nested_old.exists()
     assert fresh.exists()
@@ -107,7 +103,7 @@ async def test_file_cleanup_without_a_root_is_refused(
     producer = Producer.from_settings(settings, contracts=default_registry.contracts)
     async with running_worker(settings, default_registry):
         task_id = await producer.publish("file_cleanup", {"file_path": "x", "max_age_hours": 1})
-        await wait_for(lambda: _status_is(redis, settings, task_id, "failed"))
+        await wait_for(lambda: status_is(redis, settings, task_id, "failed"))
     await producer.aclose()
     assert "CLEANUP_ROOT" in (await dead_letters(redis, settings))[task_id]["dlq_error"]
 
@@ -132,7 +128,7 @@ async def test_webhook_ssrf_targets_are_refused(settings: Settings, redis: aiore
                 for name, url in targets.items()
             }
             for task_id in ids.values():
-                await wait_for(lambda t=task_id: _status_is(redis, s, t, "failed"))
+                await wait_for(lambda t=task_id: status_is(redis, s, t, "failed"))
         await producer.aclose()
         assert receiver.requests == []  # nothing reached the private address
     dead = await dead_letters(redis, s)
@@ -167,12 +163,12 @@ async def test_export_manifest_checksum_verifies(
             "report_generation", {"report_type": "task_summary", "start_date": "2020-01-01"}
         )
         for task_id in (csv_id, jsonl_id, report_id):
-            await wait_for(lambda t=task_id: _status_is(redis, s, t, "completed"))
+            await wait_for(lambda t=task_id: status_is(redis, s, t, "completed"))
         # Only now: published earlier, its dead letter could land before the report counts.
         bad = await producer.publish(
             "report_generation", {"start_date": "2024-02-01", "end_date": "2024-01-01"}
         )
-        await wait_for(lambda: _status_is(redis, s, bad, "failed"))
+        await wait_for(lambda: status_is(redis, s, bad, "failed"))
     await producer.aclose()
     export_dir = tmp_path / "exports"
     for name in ("visits", f"export-{jsonl_id}"):

@@ -21,7 +21,7 @@ from streamworker.channels.webhook import verify_signature
 from streamworker.keyspace import Keyspace
 from streamworker.registry import default_registry
 from tests.channel_servers import Receiver, http_receiver
-from tests.conftest import running_worker, wait_for
+from tests.conftest import running_worker, status_is, wait_for
 from tests.test_handlers_email import status_of
 
 pytestmark = pytest.mark.anyio
@@ -53,10 +53,6 @@ async def dead_letter_fields(redis: aioredis.Redis, s: Settings) -> list[dict[st
     return [{k.decode(): v.decode() for k, v in f.items()} for _, f in entries]
 
 
-async def _status_is(redis: aioredis.Redis, s: Settings, task_id: str, state: str) -> bool:
-    return (await status_of(redis, s, task_id)).get("status") == state
-
-
 async def test_sms_and_push_requests_carry_auth_and_idempotency_keys(
     settings: Settings, redis: aioredis.Redis, receiver: Receiver
 ) -> None:
@@ -70,7 +66,7 @@ async def test_sms_and_push_requests_carry_auth_and_idempotency_keys(
             "wellness_check_in", {"user_id": "u-7", "channels": ["push"]}
         )
         await wait_for(lambda: receiver.on("/sms") and receiver.on("/notify/api/v1/notifications"))
-        await wait_for(lambda: _status_is(redis, s, push_id, "completed"))
+        await wait_for(lambda: status_is(redis, s, push_id, "completed"))
     await producer.aclose()
     sms = receiver.on("/sms")[0]
     assert sms.headers["Authorization"] == "Bearer sms-key"
@@ -105,8 +101,8 @@ async def test_user_service_preferences_choose_the_channels(
         unknown = await producer.publish(
             "medication_reminder", {"user_id": "nobody", "message": "hello"}
         )
-        await wait_for(lambda: _status_is(redis, s, ok, "completed"))
-        await wait_for(lambda: _status_is(redis, s, unknown, "failed"))
+        await wait_for(lambda: status_is(redis, s, ok, "completed"))
+        await wait_for(lambda: status_is(redis, s, unknown, "failed"))
     await producer.aclose()
     sms = receiver.on("/sms")
     assert len(sms) == 1 and sms[0].json()["to"] == "+4915100000001"
@@ -130,7 +126,7 @@ async def test_webhook_signature_verifies_with_the_documented_recipe(
              "payload": {"event": "user_created", "user_id": "123"}},
         )  # fmt: skip
         await wait_for(lambda: receiver.on("/hook"))
-        await wait_for(lambda: _status_is(redis, s, task_id, "completed"))
+        await wait_for(lambda: status_is(redis, s, task_id, "completed"))
     await producer.aclose()
     request = receiver.on("/hook")[0]
     timestamp = request.headers["X-Streamworker-Timestamp"]
@@ -159,8 +155,8 @@ async def test_500_is_retried_400_is_dead_lettered(
     async with running_worker(s, default_registry):
         flaky = await producer.publish("webhook", {"url": f"{receiver.url}/flaky"})
         bad = await producer.publish("webhook", {"url": f"{receiver.url}/bad"}, max_retries=5)
-        await wait_for(lambda: _status_is(redis, s, flaky, "completed"))
-        await wait_for(lambda: _status_is(redis, s, bad, "failed"))
+        await wait_for(lambda: status_is(redis, s, flaky, "completed"))
+        await wait_for(lambda: status_is(redis, s, bad, "failed"))
     await producer.aclose()
     assert len(receiver.on("/flaky")) == 3  # 500, 503, then 200
     assert (await status_of(redis, s, flaky))["retry_count"] == "2"
@@ -180,8 +176,8 @@ async def test_429_with_retry_after_is_delayed_as_asked(
     async with running_worker(s, default_registry):
         hook = await producer.publish("webhook", {"url": f"{receiver.url}/busy"})
         sms = await producer.publish("send_sms", {"to": "+4915112345678", "message": "hi"})
-        await wait_for(lambda: _status_is(redis, s, hook, "completed"))
-        await wait_for(lambda: _status_is(redis, s, sms, "completed"))
+        await wait_for(lambda: status_is(redis, s, hook, "completed"))
+        await wait_for(lambda: status_is(redis, s, sms, "completed"))
     await producer.aclose()
     first, second = receiver.on("/busy")
     assert second.at - first.at >= 1.9  # not before the receiver asked (retry base is 0.05 s)
@@ -199,7 +195,7 @@ async def test_unreachable_gateway_is_retried_then_dead_lettered(
         task_id = await producer.publish(
             "send_sms", {"to": "+4915112345678", "message": "hi"}, max_retries=1
         )
-        await wait_for(lambda: _status_is(redis, s, task_id, "failed"))
+        await wait_for(lambda: status_is(redis, s, task_id, "failed"))
     await producer.aclose()
     dead = await dead_letter_fields(redis, s)
     assert dead[0]["dlq_reason"] == "max_retries_exceeded"
@@ -227,7 +223,7 @@ async def test_a_bad_phone_number_is_a_contract_violation(
          "payload": json.dumps({"to": "12345", "message": "x"})},
     )  # fmt: skip
     async with running_worker(s, default_registry):
-        await wait_for(lambda: _status_is(redis, s, task_id, "failed"))
+        await wait_for(lambda: status_is(redis, s, task_id, "failed"))
     dead = await dead_letter_fields(redis, s)
     assert dead[0]["dlq_reason"] == "contract_violation" and "$.to" in dead[0]["dlq_error"]
     assert receiver.requests == []

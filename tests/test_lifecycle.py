@@ -19,6 +19,7 @@ from streamworker.keyspace import Keyspace
 from tests.conftest import (
     ROOT,
     WorkerProcess,
+    pending_is,
     running_worker,
     start_worker_process,
     wait_for,
@@ -104,13 +105,9 @@ async def test_restarted_consumer_finishes_its_own_pending_entries(
 
     async with running_worker(settings, registry):
         await wait_for(lambda: len(ran) == 5)
-        await wait_for(lambda: _pending_is(redis, stream, settings.group, 0))
+        await wait_for(lambda: pending_is(redis, stream, settings.group, 0))
     assert sorted(ran) == sorted(ids)
     await producer.aclose()
-
-
-async def _pending_is(redis: aioredis.Redis, stream: str, group: str, n: int) -> bool:
-    return (await redis.xpending(stream, group))["pending"] == n
 
 
 async def test_sigterm_lets_in_flight_tasks_finish_and_exits_zero(
@@ -185,7 +182,7 @@ async def test_fifty_thousand_tasks_leave_memory_where_it_was(
                 ]
             )
         await wait_for(lambda: count == total, timeout=280, interval=0.1)
-        await wait_for(lambda: _pending_is(redis, keys.family("normal").stream, s.group, 0))
+        await wait_for(lambda: pending_is(redis, keys.family("normal").stream, s.group, 0))
         worker.stop()
     lengths = [await redis.xlen(f.stream) for f in keys.families]
     # status hashes are kept for COMPLETED_TTL_SECONDS by design: measure the queue itself

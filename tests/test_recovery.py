@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from streamworker import Producer, Registry, Settings, TaskContext, TaskSpec
 from streamworker.broker import Broker
 from streamworker.keyspace import Keyspace
-from tests.conftest import running_worker, wait_for
+from tests.conftest import dead_letters, pending_is, running_worker, status_is, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -28,15 +28,6 @@ def fast_recovery(settings: Settings, **changes: Any) -> Settings:
 async def strand(redis: aioredis.Redis, settings: Settings, stream: str, count: int) -> None:
     """Deliver ``count`` entries to a consumer that then 'dies' (never acknowledges)."""
     await redis.xreadgroup(settings.group, "dead-consumer", {stream: ">"}, count=count)
-
-
-async def pending(redis: aioredis.Redis, stream: str, group: str) -> int:
-    return int((await redis.xpending(stream, group))["pending"])
-
-
-async def dead_letters(redis: aioredis.Redis, settings: Settings) -> list[dict[str, str]]:
-    entries = await redis.xrange(Keyspace(settings.prefix).dead_letters)
-    return [{k.decode(): v.decode(errors="replace") for k, v in f.items()} for _, f in entries]
 
 
 async def test_a_dead_consumers_entries_are_reclaimed_and_run(
@@ -62,14 +53,10 @@ async def test_a_dead_consumers_entries_are_reclaimed_and_run(
     async with running_worker(settings, registry) as worker:
         worker.recoverer._max_batch = 7
         await wait_for(lambda: len(ran) == 30)
-        await wait_for(lambda: _pending_is(redis, stream, settings.group, 0))
+        await wait_for(lambda: pending_is(redis, stream, settings.group, 0))
         assert worker.recoverer.reclaimed == 30
     assert sorted(ran) == sorted(ids)
     await producer.aclose()
-
-
-async def _pending_is(redis: aioredis.Redis, stream: str, group: str, n: int) -> bool:
-    return await pending(redis, stream, group) == n
 
 
 async def test_pending_ids_whose_entry_was_deleted_are_counted_not_run(
@@ -93,7 +80,7 @@ async def test_pending_ids_whose_entry_was_deleted_are_counted_not_run(
 
     async with running_worker(settings, registry) as worker:
         await wait_for(lambda: runs == 2)
-        await wait_for(lambda: _pending_is(redis, stream, settings.group, 0))
+        await wait_for(lambda: pending_is(redis, stream, settings.group, 0))
         assert worker.recoverer.deleted == 2
     assert runs == 2
     await producer.aclose()
@@ -118,16 +105,11 @@ async def test_a_long_handler_keeps_its_lease_and_runs_once_with_two_workers(
     first = settings.with_overrides(consumer=settings.consumer + "-a")
     second = settings.with_overrides(consumer=settings.consumer + "-b")
     async with running_worker(first, registry) as a, running_worker(second, registry) as b:
-        await wait_for(lambda: _status_is(producer, redis, task_id, "completed"))
+        await wait_for(lambda: status_is(redis, settings, task_id, "completed"))
         assert a.leases.renewed + b.leases.renewed >= 2
         assert a.recoverer.reclaimed + b.recoverer.reclaimed == 0
     assert runs == [task_id]
     await producer.aclose()
-
-
-async def _status_is(producer: Producer, redis: aioredis.Redis, task_id: str, state: str) -> bool:
-    status = await producer.status.read(redis, task_id)
-    return status is not None and status.status == state
 
 
 async def test_an_entry_delivered_too_often_is_reaped_not_run(
@@ -152,7 +134,7 @@ async def test_an_entry_delivered_too_often_is_reaped_not_run(
         runs += 1
 
     async with running_worker(settings, registry):
-        await wait_for(lambda: _status_is(producer, redis, task_id, "failed"))
+        await wait_for(lambda: status_is(redis, settings, task_id, "failed"))
     assert runs == 0
     [dead] = await dead_letters(redis, settings)
     assert dead["dlq_reason"] == "max_deliveries_exceeded"
@@ -160,7 +142,7 @@ async def test_an_entry_delivered_too_often_is_reaped_not_run(
     assert dead["task_id"] == task_id
     assert dead["source_stream"] == family.stream
     assert {"source_id", "group", "consumer", "failed_at", "dlq_error", "payload"} <= set(dead)
-    assert await pending(redis, family.stream, settings.group) == 0
+    assert await pending_is(redis, family.stream, settings.group, 0)
     await producer.aclose()
 
 
@@ -238,11 +220,11 @@ async def test_a_cancelled_task_is_not_run(settings: Settings, redis: aioredis.R
 
     stream = keys.family("normal").stream
     async with running_worker(settings, registry):
-        await wait_for(lambda: _status_is(producer, redis, kept, "completed"))
-        await wait_for(lambda: _pending_is(redis, stream, settings.group, 0))
+        await wait_for(lambda: status_is(redis, settings, kept, "completed"))
+        await wait_for(lambda: pending_is(redis, stream, settings.group, 0))
     assert ran == [kept]
     assert await redis.xlen(stream) == 0  # acknowledged and deleted, not left behind
-    assert await _status_is(producer, redis, cancelled, "cancelled")
+    assert await status_is(redis, settings, cancelled, "cancelled")
     await producer.aclose()
 
 

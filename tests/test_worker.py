@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from streamworker import Defer, PermanentError, Producer, Registry, Retry, Settings, TaskContext
 from streamworker.keyspace import Keyspace
-from tests.conftest import running_worker, wait_for
+from tests.conftest import dead_letters, running_worker, status_is, wait_for, xlen_is
 
 pytestmark = pytest.mark.anyio
 
@@ -24,11 +24,6 @@ class Note(msgspec.Struct, frozen=True, kw_only=True):
 
 def producer_for(settings: Settings, registry: Registry | None = None) -> Producer:
     return Producer.from_settings(settings, contracts=registry.contracts if registry else None)
-
-
-async def dead_letters(redis: aioredis.Redis, settings: Settings) -> list[dict[str, str]]:
-    entries = await redis.xrange(Keyspace(settings.prefix).dead_letters)
-    return [{k.decode(): v.decode(errors="replace") for k, v in f.items()} for _, f in entries]
 
 
 async def test_raw_xadd_from_any_producer_is_processed(
@@ -54,7 +49,7 @@ async def test_raw_xadd_from_any_producer_is_processed(
     )
     async with running_worker(settings, registry):
         await wait_for(lambda: len(seen) == 1)
-        await wait_for(lambda: _xlen_is(redis, stream, 0))
+        await wait_for(lambda: xlen_is(redis, stream, 0))
     assert seen[0][1] == {"patient_ref": "p-1", "alert": "fall"}
     assert len(seen[0][0]) == 36  # a derived UUID
     assert await redis.xlen(stream) == 0  # acknowledged and deleted
@@ -64,10 +59,6 @@ async def test_raw_xadd_from_any_producer_is_processed(
         "max": None,
         "consumers": [],
     }
-
-
-async def _xlen_is(redis: aioredis.Redis, stream: str, n: int) -> bool:
-    return await redis.xlen(stream) == n
 
 
 async def test_contract_payload_and_status(settings: Settings, redis: aioredis.Redis) -> None:
@@ -83,7 +74,7 @@ async def test_contract_payload_and_status(settings: Settings, redis: aioredis.R
     assert (await producer.status.read(redis, task_id)).status == "queued"  # type: ignore[union-attr]
     async with running_worker(settings, registry):
         await wait_for(lambda: got)
-        await wait_for(lambda: _state(producer, redis, task_id, "completed"))
+        await wait_for(lambda: status_is(redis, settings, task_id, "completed"))
     assert got == [Note(text="hi", n=2)]
     status = await producer.status.read(redis, task_id)
     assert status is not None and status.started_at and status.completed_at
@@ -93,11 +84,6 @@ async def test_contract_payload_and_status(settings: Settings, redis: aioredis.R
         <= settings.completed_ttl_seconds
     )
     await producer.aclose()
-
-
-async def _state(producer: Producer, redis: aioredis.Redis, task_id: str, state: str) -> bool:
-    status = await producer.status.read(redis, task_id)
-    return status is not None and status.status == state
 
 
 async def test_strict_priority_drains_critical_before_low(
@@ -163,7 +149,7 @@ async def test_retry_backoff_grows_then_succeeds(settings: Settings, redis: aior
     producer = producer_for(s)
     task_id = await producer.publish("flaky", {})
     async with running_worker(s, registry):
-        await wait_for(lambda: _state(producer, redis, task_id, "completed"))
+        await wait_for(lambda: status_is(redis, settings, task_id, "completed"))
     assert len(runs) == 3
     first_gap, second_gap = runs[1] - runs[0], runs[2] - runs[1]
     # equal jitter: 1st wait in [0.15, 0.3] s, 2nd in [0.3, 0.6] s (plus promotion slack)
@@ -208,16 +194,11 @@ async def test_defer_postpones_without_using_a_retry(
     task_id = await producer.publish("breaker_open", {})
     async with running_worker(settings, registry):
         await wait_for(lambda: len(attempts) == 4)
-        await wait_for(lambda: _status_is(producer, redis, task_id, "completed"))
+        await wait_for(lambda: status_is(redis, settings, task_id, "completed"))
     # Deferred three times with max_retries=0, yet never dead-lettered: no retry was used.
     assert attempts == [1, 1, 1, 1]
     assert await dead_letters(redis, settings) == []
     await producer.aclose()
-
-
-async def _status_is(producer: Producer, redis: aioredis.Redis, task_id: str, state: str) -> bool:
-    status = await producer.status.read(redis, task_id)
-    return status is not None and status.status == state
 
 
 async def test_permanent_failure_goes_to_failed_tasks_at_once(
@@ -235,7 +216,7 @@ async def test_permanent_failure_goes_to_failed_tasks_at_once(
     producer = producer_for(settings)
     task_id = await producer.publish("doomed", {"secret": "PHI-MARKER"})
     async with running_worker(settings, registry):
-        await wait_for(lambda: _state(producer, redis, task_id, "failed"))
+        await wait_for(lambda: status_is(redis, settings, task_id, "failed"))
     assert runs == 1
     [entry] = await dead_letters(redis, settings)
     assert entry["dlq_reason"] == "permanent_failure"
@@ -258,7 +239,7 @@ async def test_exhausted_retries_dead_letter_with_provenance(
     producer = producer_for(settings)
     task_id = await producer.publish("always_fails", {"x": 1}, priority="high")
     async with running_worker(settings, registry):
-        await wait_for(lambda: _state(producer, redis, task_id, "failed"))
+        await wait_for(lambda: status_is(redis, settings, task_id, "failed"))
     assert runs == 3  # the first attempt and two retries
     [entry] = await dead_letters(redis, settings)
     for field in (
@@ -301,7 +282,7 @@ async def test_timeout_cancels_the_handler_and_counts_as_an_attempt(
     producer = producer_for(settings)
     task_id = await producer.publish("slow", {})
     async with running_worker(settings, registry):
-        await wait_for(lambda: _state(producer, redis, task_id, "failed"))
+        await wait_for(lambda: status_is(redis, settings, task_id, "failed"))
     assert attempts == [1, 2] and finished == []
     [entry] = await dead_letters(redis, settings)
     assert entry["dlq_reason"] == "max_retries_exceeded"
