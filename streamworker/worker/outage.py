@@ -1,9 +1,9 @@
 """Riding out Redis outages in the worker's loops: back off, log sparingly, say when it's over.
 
 A loop that fails on a transient Redis error calls :meth:`Outage.failed` (which waits, longer
-each time up to a cap) and :meth:`Outage.ok` after its next success. The first failure and
-every 20th are logged, so a long outage does not flood the logs, and the recovery is logged
-once as ``redis_reconnected``.
+each time up to a cap) and :meth:`Outage.ok` after its next success; ``retrying.until_done``
+does the same for one operation. The first failure and every 20th are logged, so a long
+outage does not flood the logs, and the recovery is logged once as ``redis_reconnected``.
 """
 
 from __future__ import annotations
@@ -19,10 +19,15 @@ log = logging.getLogger("streamworker.worker")
 
 class Outage:
     def __init__(
-        self, what: str, hooks: TaskHooks, *, first_delay: float = 0.05, max_delay: float = 2.0
+        self,
+        what: str,
+        hooks: TaskHooks | None = None,
+        *,
+        first_delay: float = 0.05,
+        max_delay: float = 2.0,
     ) -> None:
         self._what = what
-        self._hooks = hooks
+        self._hooks = hooks if hooks is not None else TaskHooks()
         self._first_delay = first_delay
         self._max_delay = max_delay
         self._delay = first_delay
