@@ -12,10 +12,11 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -25,7 +26,10 @@ from .keyspace import Keyspace, StreamFamily
 from .status import StatusStore
 from .wire import MAX_FIELDS, Delivery, Fields, pack_fields, parse_time
 
-__all__ = ["Broker", "ReplayReply", "StatusWrite", "connect"]
+if TYPE_CHECKING:
+    from .settings import Settings
+
+__all__ = ["Broker", "ReplayReply", "StatusWrite", "connect", "connect_to"]
 
 log = logging.getLogger("streamworker.broker")
 
@@ -57,8 +61,13 @@ ReplayReply = tuple[str, str, str]
 StatusWrite = tuple[str, str, Mapping[str, str | int | None]]
 
 
-def connect(url: str, **options: Any) -> aioredis.Redis:
+def connect(url: str, *, cluster: bool = False, **options: Any) -> aioredis.Redis:
     """An asyncio client (hiredis parser when installed); bytes in, bytes out.
+
+    ``cluster=True`` gives redis-py's cluster client instead: ``url`` names any node, the
+    others are discovered. It speaks the same commands for everything the service sends
+    (every script and multi-key command stays within one hash slot, see ``keyspace``), so
+    it is typed as the plain client here.
 
     A client made from a URL gets no retries by default, so the first command on a pooled
     connection that a Redis restart has broken failed even though Redis was back. A few quick
@@ -67,10 +76,18 @@ def connect(url: str, **options: Any) -> aioredis.Redis:
     was lost: at-least-once, as everywhere else.
     """
     options.setdefault("retry", Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3))
-    options.setdefault("health_check_interval", 15)
     options.setdefault("socket_keepalive", True)
+    if cluster:
+        client: Any = RedisCluster.from_url(url, decode_responses=False, **options)
+        return cast("aioredis.Redis", client)
+    options.setdefault("health_check_interval", 15)
     options.setdefault("retry_on_timeout", False)
     return aioredis.Redis.from_url(url, decode_responses=False, **options)
+
+
+def connect_to(settings: Settings, **options: Any) -> aioredis.Redis:
+    """The client for ``settings``: REDIS_URL, and the cluster client with REDIS_CLUSTER."""
+    return connect(settings.require_redis_url(), cluster=settings.redis_cluster, **options)
 
 
 _msgpack = msgspec.msgpack.Encoder()
@@ -229,9 +246,13 @@ class Broker:
             )
         return out
 
-    async def wait_for_entries(self, consumer: str, block_ms: int) -> list[Delivery]:
-        """Block until any stream has a new entry (at most one per stream is returned)."""
-        streams: dict[Any, Any] = {f.stream: ">" for f in self.families}
+    async def wait_for_entries(
+        self, consumer: str, block_ms: int, families: Sequence[int] | None = None
+    ) -> list[Delivery]:
+        """Block until any of the streams (of ``families``, default all) has a new entry; at
+        most one per stream is returned. On a cluster, pass families of one hash slot."""
+        chosen = self.families if families is None else [self.families[i] for i in families]
+        streams: dict[Any, Any] = {f.stream: ">" for f in chosen}
         try:
             reply: Any = await self.redis.xreadgroup(
                 self.group, consumer, streams, count=1, block=block_ms
@@ -268,7 +289,18 @@ class Broker:
             gated.append(delivery)
         if not gated:
             return 0
-        flags = await self._eval("begin_batch", keys, [_msgpack.encode(rows)])
+        if self.keys.cluster:
+            # A task's marker and status share its id as hash tag, but tasks spread over
+            # slots: one script call per task, pipelined (one round trip per node).
+            def build(pipe: Any) -> None:
+                for i, row in enumerate(rows):
+                    self._evalsha(
+                        pipe, "begin_batch", keys[2 * i : 2 * i + 2], [_msgpack.encode([row])]
+                    )
+
+            flags = [result[0] for result in await self._run_pipeline(build)]
+        else:
+            flags = await self._eval("begin_batch", keys, [_msgpack.encode(rows)])
         cancelled = 0
         for delivery, flag in zip(gated, flags, strict=True):
             if flag:
@@ -458,9 +490,11 @@ class Broker:
             self._near_capacity_logged_at = now
 
     async def replay_dead_letters(
-        self, items: Sequence[tuple[StreamFamily, str]]
+        self, items: Sequence[tuple[StreamFamily, str, str]]
     ) -> list[ReplayReply | Exception]:
-        """Run replay.lua for each (target family, dead-letter id), pipelined: one round trip.
+        """Run replay.lua for each (target family, dead-letter stream, entry id), pipelined:
+        one round trip. The dead-letter stream is the family's own (one hash slot); one that
+        is not (partitions changed since) answers ``partition_mismatch``.
 
         Each entry is replayed atomically on its own; one entry's error does not stop the
         others. Sending the pipeline again after NOSCRIPT is safe: an entry already replayed
@@ -469,13 +503,18 @@ class Broker:
             await self.load_scripts()
         for attempt in (1, 2):
             pipe = self.redis.pipeline(transaction=False)
-            for family, entry_id in items:
+            sent = [(f, i) for f, stream, i in items if stream == f.dead_letters]
+            for family, entry_id in sent:
                 self._evalsha(pipe, "replay", [family.dead_letters, family.stream], [entry_id])
-            raw: list[Any] = await pipe.execute(raise_on_error=False)
+            raw: list[Any] = await pipe.execute(raise_on_error=False) if sent else []
             if attempt == 1 and any(isinstance(r, NoScriptError) for r in raw):
                 await self.load_scripts()
                 continue
-            return [r if isinstance(r, Exception) else _replay_reply(r) for r in raw]
+            replies = iter(raw)
+            return [
+                _replay_reply(next(replies)) if stream == f.dead_letters else _MISMATCH
+                for f, stream, _ in items
+            ]
         raise AssertionError("unreachable")
 
     async def ack_deleted(self, delivery: Delivery) -> None:
@@ -517,15 +556,18 @@ class Broker:
         status_row: Sequence[str] = (),
     ) -> tuple[str, bool]:
         """Publish unless the key was used; the first status (when given) is written by the
-        same script, so it can never land after the worker's own writes."""
+        same script, so it can never land after the worker's own writes. On Redis Cluster the
+        status hash lives in another slot: the caller writes it after, with
+        :meth:`StatusStore.write_first_if_absent`."""
+        keys = [self.keys.idempotency(idempotency_key, family.partition), family.stream]
+        keys.append(family.delayed)
+        if self.keys.cluster:
+            status_row = ()
+        else:
+            keys.append(self.keys.status(task_id))
         reply = await self._eval(
             "publish_once",
-            [
-                self.keys.idempotency(idempotency_key),
-                family.stream,
-                family.delayed,
-                self.keys.status(task_id),
-            ],
+            keys,
             [
                 task_id,
                 ttl_seconds,
@@ -538,7 +580,12 @@ class Broker:
         return (existing.decode() if isinstance(existing, bytes) else str(existing)), bool(fresh)
 
 
-def _replay_reply(raw: Sequence[Any]) -> ReplayReply:
+_MISMATCH: ReplayReply = ("partition_mismatch", "", "")
+
+
+def _replay_reply(raw: Sequence[Any] | Exception) -> ReplayReply | Exception:
+    if isinstance(raw, Exception):
+        return raw
     texts = [x.decode() if isinstance(x, bytes) else str(x) for x in raw]
     texts += [""] * (3 - len(texts))
     return texts[0], texts[1], texts[2]

@@ -11,6 +11,9 @@ disagree about what an entry is or what replay does.
   the original fields go back on their source stream with ``retry_count`` 0 and
   ``replayed_from`` set, and the dead letter is removed in the same step. An entry that is
   gone, or whose source is not one of our priority streams, is refused and left as it was.
+- With STREAM_PARTITIONS > 1 each partition has its own dead-letter stream; this service
+  shows them as one. An id is then ``<ms>-<seq>@<partition>`` (a plain ``<ms>-<seq>`` is
+  looked up in every partition), and listings merge the partitions, newest first.
 """
 
 from __future__ import annotations
@@ -20,14 +23,14 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 import anyio
 import msgspec
 import redis.asyncio as aioredis
 
-from .broker import Broker, connect
+from .broker import Broker, connect_to
 from .keyspace import Keyspace, StreamFamily
 from .settings import Settings
 from .status import StatusStore
@@ -45,7 +48,7 @@ __all__ = [
 
 log = logging.getLogger("streamworker.deadletters")
 
-_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+_ID = re.compile(r"^\d{1,20}-\d{1,20}(@\d{1,4})?$")
 #: Fields the dead-letter step adds; ``show`` lists them apart from the original fields.
 PROVENANCE_FIELDS = frozenset(
     {
@@ -135,9 +138,20 @@ def check_id(entry_id: str) -> str:
     if not _ID.match(entry_id):
         raise InvalidDeadLetterId(
             f"{entry_id!r} is not a dead-letter id (expected <milliseconds>-<sequence>, "
-            "e.g. 1700000000000-0)"
+            "e.g. 1700000000000-0, with @<partition> when the streams are partitioned)"
         )
     return entry_id
+
+
+def _split_id(entry_id: str) -> tuple[str, int | None]:
+    """``(stream entry id, partition or None)`` of a checked id."""
+    raw, _, partition = check_id(entry_id).partition("@")
+    return raw, int(partition) if partition else None
+
+
+def _order(raw_id: str) -> tuple[int, int]:
+    ms, _, seq = raw_id.partition("-")
+    return int(ms), int(seq)
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -154,6 +168,41 @@ def _int(raw: bytes | None) -> int | None:
 
 def _id_seconds(entry_id: str) -> float:
     return int(entry_id.split("-", 1)[0]) / 1000.0
+
+
+class _Walk:
+    """Pages through one partition's dead-letter stream, newest first or oldest first."""
+
+    def __init__(
+        self, redis: aioredis.Redis, stream: str, partition: int, bound: str, newest_first: bool
+    ) -> None:
+        self._redis = redis
+        self._stream = stream
+        self.partition = partition
+        self._bound = bound
+        self._newest_first = newest_first
+        self._buffer: builtins.list[tuple[str, Fields]] = []
+        self._done = False
+
+    async def head(self) -> tuple[str, Fields] | None:
+        if not self._buffer and not self._done:
+            if self._newest_first:
+                batch: Any = await self._redis.xrevrange(
+                    self._stream, max=self._bound, min="-", count=_SCAN_BATCH
+                )
+            else:
+                batch = await self._redis.xrange(
+                    self._stream, min=self._bound, max="+", count=_SCAN_BATCH
+                )
+            self._buffer = [(raw.decode(), fields) for raw, fields in batch]
+            self._buffer.reverse()  # pop() from the end
+            self._done = len(batch) < _SCAN_BATCH
+            if self._buffer:
+                self._bound = f"({self._buffer[0][0]}"
+        return self._buffer[-1] if self._buffer else None
+
+    def pop(self) -> None:
+        self._buffer.pop()
 
 
 class DeadLetters:
@@ -176,6 +225,7 @@ class DeadLetters:
         self.status = status or StatusStore(keys, 172800, enabled=False)
         self._broker = Broker(redis, keys, group, status=self.status)
         self._families = {f.stream: f for f in keys.families}
+        self._streams = keys.dead_letter_streams  # one per partition
         self._clock = clock
         self._sleep = sleep  # a test clock can stand in for both
 
@@ -183,10 +233,10 @@ class DeadLetters:
     def from_settings(cls, settings: Settings, redis: aioredis.Redis | None = None) -> DeadLetters:
         """The service for one deployment; it opens (and :meth:`aclose` closes) its own client
         unless ``redis`` is given."""
-        keys = Keyspace(settings.prefix)
+        keys = settings.keyspace()
         status = StatusStore(keys, settings.completed_ttl_seconds, enabled=settings.track_status)
         return cls(
-            redis or connect(settings.require_redis_url()),
+            redis or connect_to(settings),
             keys,
             settings.group,
             status=status,
@@ -196,7 +246,44 @@ class DeadLetters:
     # -- reading ----------------------------------------------------------------------------
 
     async def size(self) -> int:
-        return int(await self.redis.xlen(self.keys.dead_letters))
+        if len(self._streams) == 1:
+            return int(await self.redis.xlen(self._streams[0]))
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in self._streams:
+            pipe.xlen(stream)
+        return sum(int(n) for n in await pipe.execute())
+
+    def _public_id(self, raw_id: str, partition: int) -> str:
+        return raw_id if len(self._streams) == 1 else f"{raw_id}@{partition}"
+
+    def _partitions_of(self, partition: int | None) -> range:
+        if partition is None:
+            return range(len(self._streams))
+        if not 0 <= partition < len(self._streams):
+            raise InvalidDeadLetterId(
+                f"partition {partition} does not exist (there are {len(self._streams)})"
+            )
+        return range(partition, partition + 1)
+
+    async def _merged(
+        self, walks: builtins.list[_Walk], newest_first: bool
+    ) -> AsyncIterator[tuple[str, int, Fields]]:
+        """The entries of every walk as one sequence ordered by (id, partition)."""
+        while True:
+            best: _Walk | None = None
+            best_key: tuple[int, int, int] | None = None
+            for walk in walks:
+                head = await walk.head()
+                if head is None:
+                    continue
+                key = (*_order(head[0]), walk.partition)
+                if best_key is None or (key > best_key if newest_first else key < best_key):
+                    best, best_key = walk, key
+            if best is None:
+                return
+            raw_id, fields = await best.head() or ("", {})
+            best.pop()
+            yield raw_id, best.partition, fields
 
     async def list(
         self,
@@ -210,34 +297,35 @@ class DeadLetters:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         entries: builtins.list[DeadLetter] = []
-        cursor = f"({check_id(after)}" if after else "+"
+        walks = []
+        for partition, stream in enumerate(self._streams):
+            bound = "+"
+            if after:
+                raw, after_partition = _split_id(after)
+                # Order is (id, partition), newest first: an equal id in a lower partition
+                # still comes after the cursor.
+                inclusive = after_partition is not None and partition < after_partition
+                bound = raw if inclusive else f"({raw}"
+            walks.append(_Walk(self.redis, stream, partition, bound, newest_first=True))
         now = self._clock()
         total = await self.size()
-        while True:
-            batch: Any = await self.redis.xrevrange(
-                self.keys.dead_letters, max=cursor, min="-", count=_SCAN_BATCH
-            )
-            for raw_id, fields in batch:
-                entry = self._decode(raw_id.decode(), fields, now)
-                cursor = f"({entry.id}"
-                if (task_type is None or entry.task_type == task_type) and (
-                    reason is None or entry.reason == reason
-                ):
-                    entries.append(entry)
-                    if len(entries) == limit:
-                        return DeadLetterPage(entries=entries, total=total, next_cursor=entry.id)
-            if len(batch) < _SCAN_BATCH:
-                return DeadLetterPage(entries=entries, total=total, next_cursor=None)
+        async for raw_id, partition, fields in self._merged(walks, newest_first=True):
+            entry = self._decode(self._public_id(raw_id, partition), fields, now)
+            if (task_type is None or entry.task_type == task_type) and (
+                reason is None or entry.reason == reason
+            ):
+                entries.append(entry)
+                if len(entries) == limit:
+                    return DeadLetterPage(entries=entries, total=total, next_cursor=entry.id)
+        return DeadLetterPage(entries=entries, total=total, next_cursor=None)
 
     async def get(self, entry_id: str) -> DeadLetterDetail | None:
         """The entry with its payload and all its fields, or None when there is no such entry."""
-        found: Any = await self.redis.xrange(
-            self.keys.dead_letters, min=check_id(entry_id), max=entry_id, count=1
-        )
-        if not found:
+        (found,), _ = await self._fetch_raw([entry_id])
+        if found is None:
             return None
-        raw_id, fields = found[0]
-        entry = self._decode(raw_id.decode(), fields, self._clock())
+        public_id, fields = found
+        entry = self._decode(public_id, fields, self._clock())
         others = {
             k.decode("utf-8", "backslashreplace"): _text(v) or ""
             for k, v in fields.items()
@@ -339,41 +427,58 @@ class DeadLetters:
             )
         return summary
 
+    async def _fetch_raw(
+        self, wanted: Sequence[str]
+    ) -> tuple[builtins.list[tuple[str, Fields] | None], builtins.list[str]]:
+        """Per wanted id, ``(public id, fields)`` or None; and the ids not found. An id without
+        a partition is looked for in every partition (the first found wins)."""
+        lookups: builtins.list[builtins.list[tuple[str, int]]] = []
+        pipe = self.redis.pipeline(transaction=False)
+        for entry_id in wanted:
+            raw, partition = _split_id(entry_id)
+            places = [(raw, p) for p in self._partitions_of(partition)]
+            for raw_id, p in places:
+                pipe.xrange(self._streams[p], min=raw_id, max=raw_id, count=1)
+            lookups.append(places)
+        replies: builtins.list[Any] = await pipe.execute()
+        found: builtins.list[tuple[str, Fields] | None] = []
+        missing: builtins.list[str] = []
+        at = 0
+        for entry_id, places in zip(wanted, lookups, strict=True):
+            hit = None
+            for raw_id, p in places:
+                reply = replies[at]
+                at += 1
+                if reply and hit is None:
+                    hit = (self._public_id(raw_id, p), reply[0][1])
+            found.append(hit)
+            if hit is None:
+                missing.append(entry_id)
+        return found, missing
+
     async def _fetch(
         self, wanted: Sequence[str]
     ) -> tuple[builtins.list[DeadLetter], builtins.list[str]]:
-        pipe = self.redis.pipeline(transaction=False)
-        for entry_id in wanted:
-            pipe.xrange(self.keys.dead_letters, min=entry_id, max=entry_id, count=1)
-        replies: list[Any] = await pipe.execute()
+        hits, missing = await self._fetch_raw(wanted)
         now = self._clock()
-        found: builtins.list[DeadLetter] = []
-        missing: builtins.list[str] = []
-        for entry_id, reply in zip(wanted, replies, strict=True):
-            if reply:
-                found.append(self._decode(entry_id, reply[0][1], now))
-            else:
-                missing.append(entry_id)
+        found = [self._decode(public_id, fields, now) for public_id, fields in filter(None, hits)]
         return found, missing
 
     async def _select(self, task_type: str | None, reason: str | None) -> builtins.list[DeadLetter]:
         """Every matching entry, oldest first (so replays keep their original order)."""
         out: builtins.list[DeadLetter] = []
-        cursor = "-"
         now = self._clock()
-        while True:
-            batch: Any = await self.redis.xrange(
-                self.keys.dead_letters, min=cursor, max="+", count=_SCAN_BATCH
-            )
-            for raw_id, fields in batch:
-                entry = self._decode(raw_id.decode(), fields, now)
-                cursor = f"({entry.id}"
-                if (task_type is None or entry.task_type == task_type) and (
-                    reason is None or entry.reason == reason
-                ):
-                    out.append(entry)
-            if len(batch) < _SCAN_BATCH:
-                return out
+        walks = [
+            _Walk(self.redis, stream, p, "-", newest_first=False)
+            for p, stream in enumerate(self._streams)
+        ]
+        async for raw_id, partition, fields in self._merged(walks, newest_first=False):
+            entry = self._decode(self._public_id(raw_id, partition), fields, now)
+            if (task_type is None or entry.task_type == task_type) and (
+                reason is None or entry.reason == reason
+            ):
+                out.append(entry)
+        return out
 
     async def _replay_chunk(
         self, entries: Sequence[DeadLetter], summary: ReplaySummary, dry_run: bool
@@ -398,7 +503,9 @@ class DeadLetters:
                 targets.append((entry, family))
         if not targets:
             return
-        replies = await self._broker.replay_dead_letters([(f, e.id) for e, f in targets])
+        replies = await self._broker.replay_dead_letters(
+            [(f, self._dead_letter_stream(e.id), _split_id(e.id)[0]) for e, f in targets]
+        )
         requeued: builtins.list[tuple[str, StreamFamily, DeadLetter]] = []
         for (entry, family), reply in zip(targets, replies, strict=True):
             if isinstance(reply, Exception):
@@ -420,11 +527,17 @@ class DeadLetters:
                     id=entry.id, task_id=entry.task_id, outcome="skipped", detail="gone"
                 )
             else:
+                detail = (
+                    "partition_mismatch" if reply[0] == "partition_mismatch" else "source_mismatch"
+                )
                 item = ReplayItem(
-                    id=entry.id, task_id=entry.task_id, outcome="failed", detail="source_mismatch"
+                    id=entry.id, task_id=entry.task_id, outcome="failed", detail=detail
                 )
             summary.add(item)
         await self._mark_queued(requeued)
+
+    def _dead_letter_stream(self, public_id: str) -> str:
+        return self._streams[_split_id(public_id)[1] or 0]
 
     async def _mark_queued(self, requeued: Sequence[tuple[str, StreamFamily, DeadLetter]]) -> None:
         """Status back to ``queued`` for the replayed tasks: one round trip per chunk."""
@@ -452,14 +565,19 @@ class DeadLetters:
     async def purge(self, older_than_seconds: float | None = None) -> int:
         """Delete dead letters older than ``older_than_seconds`` (all when None); returns how
         many. Age is by entry id, i.e. by the Redis server's clock when it was dead-lettered."""
+        pipe = self.redis.pipeline(transaction=False)
         if older_than_seconds is None:
-            return int(await self.redis.xtrim(self.keys.dead_letters, maxlen=0, approximate=False))
+            for stream in self._streams:
+                pipe.xtrim(stream, maxlen=0, approximate=False)
+            return sum(int(n) for n in await pipe.execute())
         if older_than_seconds < 0:
             raise ValueError("older_than_seconds must be >= 0")
         seconds, micros = await self.redis.time()
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         min_id = max(0, now_ms - int(older_than_seconds * 1000))
-        return int(await self.redis.xtrim(self.keys.dead_letters, minid=min_id, approximate=False))
+        for stream in self._streams:
+            pipe.xtrim(stream, minid=min_id, approximate=False)
+        return sum(int(n) for n in await pipe.execute())
 
     async def aclose(self) -> None:
         if self._owns_redis:

@@ -7,6 +7,7 @@ instead of reaching a stream.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -19,7 +20,7 @@ import anyio.from_thread
 import msgspec
 import redis.asyncio as aioredis
 
-from .broker import Broker, connect
+from .broker import Broker, connect_to
 from .errors import InvalidTask
 from .hooks import ProducerHook
 from .keyspace import PRIORITIES, Keyspace, StreamFamily, priority_rank
@@ -45,6 +46,9 @@ class TaskSpec(msgspec.Struct, kw_only=True):
     idempotency_key: str | None = None
     correlation_id: str | None = None
     task_id: str | None = None
+    #: Tasks with the same key go to the same partition (README "Scaling out"), so they are
+    #: read in publish order. Not written to the entry: it may name a patient.
+    partition_key: str | None = None
 
 
 class _Prepared:
@@ -111,7 +115,12 @@ class Producer:
         self.status = status or StatusStore(self.keys, 172800)
         self._broker = Broker(redis, self.keys, "-", status=self.status)
         self._hooks = tuple(hooks)
-        self._families = {p: self.keys.family(p) for p in PRIORITIES}
+        self._families = {
+            p: [self.keys.family(p, k) for k in range(self.keys.partitions)] for p in PRIORITIES
+        }
+        # Tasks without a partition or idempotency key take the partitions in turn, starting
+        # at a random one so that many producers do not all begin with the same partition.
+        self._turn = random.randrange(self.keys.partitions)
         self._checked_types: set[str] = set()
 
     @classmethod
@@ -124,9 +133,9 @@ class Producer:
         require_known_type: bool = False,
         hooks: Sequence[ProducerHook] = (),
     ) -> Producer:
-        keys = Keyspace(settings.prefix)
+        keys = settings.keyspace()
         return cls(
-            redis or connect(settings.require_redis_url()),
+            redis or connect_to(settings),
             keys=keys,
             contracts=contracts,
             require_known_type=require_known_type,
@@ -233,13 +242,14 @@ class Producer:
             if not task_type or any(c.isspace() for c in task_type):
                 raise InvalidTask("task_type must be a non-empty name without spaces")
             self._checked_types.add(task_type)
-        family = self._families.get(spec.priority)
-        if family is None:
+        partitions = self._families.get(spec.priority)
+        if partitions is None:
             try:
                 priority_rank(spec.priority)
             except ValueError as exc:
                 raise InvalidTask(str(exc)) from None
             raise InvalidTask(f"unknown priority {spec.priority!r}")  # pragma: no cover
+        family = partitions[self._partition(spec)]
         payload = self.validate_payload(task_type, spec.payload)
         try:
             # The batch script hands entries to Redis as MessagePack *str* values (its cmsgpack
@@ -284,6 +294,20 @@ class Producer:
             scheduled,
         )
 
+    def _partition(self, spec: TaskSpec) -> int:
+        count = self.keys.partitions
+        if count == 1:
+            return 0
+        if spec.partition_key is not None:
+            if not spec.partition_key:
+                raise InvalidTask("partition_key must not be empty")
+            return self.keys.partition_for(spec.partition_key)
+        if spec.idempotency_key:
+            # The idempotency key lives in the partition: the same key must find it again.
+            return self.keys.partition_for(spec.idempotency_key)
+        self._turn = (self._turn + 1) % count
+        return self._turn
+
     @staticmethod
     def _due(spec: TaskSpec, now: float) -> float | None:
         if spec.delay is not None and spec.scheduled_for is not None:
@@ -319,6 +343,14 @@ class Producer:
                 parked.append(p)
             else:
                 batches.setdefault(p.family, []).append(list(chain.from_iterable(p.fields.items())))
+        # On Redis Cluster the status hashes live on other nodes than the streams, and a
+        # pipeline has no order across nodes: the statuses go first, in their own round trip,
+        # so a worker can never find a task whose first status is still to come.
+        status_first = self.status.enabled and self.keys.cluster
+        if plain and status_first:
+            await self._broker.run_pipeline(
+                lambda pipe: self.status.write_new(pipe, [p.first_status() for p in plain])
+            )
         if plain:
 
             def build(pipe: Any) -> None:
@@ -326,14 +358,14 @@ class Producer:
                     self._broker.queue_publish_batch(pipe, family, encode_entries(entries))
                 for p in parked:
                     pipe.zadd(p.family.delayed, {pack_fields(p.fields): p.due_ms})
-                if self.status.enabled:
+                if self.status.enabled and not status_first:
                     self.status.write_new(pipe, [p.first_status() for p in plain])
 
             await self._broker.run_pipeline(build)
         for i, p in enumerate(prepared):
             if not p.spec.idempotency_key:
                 continue
-            task_id, _fresh = await self._broker.publish_once(
+            task_id, fresh = await self._broker.publish_once(
                 p.family,
                 p.spec.idempotency_key,
                 p.task_id,
@@ -343,7 +375,15 @@ class Producer:
                 p.first_status()[1] if self.status.enabled else (),
             )
             ids[i] = task_id
+            if fresh and status_first:
+                await self._write_first_status(task_id, p.first_status()[1])
         return ids
+
+    async def _write_first_status(self, task_id: str, row: list[str]) -> None:
+        def build(pipe: Any) -> None:
+            self.status.write_first_if_absent(pipe, task_id, row)
+
+        await self._broker.run_pipeline(build)
 
     def _before_publish(self, p: _Prepared) -> list[Any]:
         return [

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from .keyspace import PRIORITIES
+from .keyspace import MAX_PARTITIONS, PRIORITIES, Keyspace
 
 __all__ = ["ConfigError", "Settings"]
 
@@ -35,6 +35,9 @@ def _default_consumer() -> str:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     redis_url: str | None = None
+    # Scale-out (README "Scaling out"): the cluster client, and partitions per priority.
+    redis_cluster: bool = False
+    stream_partitions: int = 1
     port: int = 8086
     worker_count: int = 5
     max_retries: int = 3
@@ -137,6 +140,14 @@ class Settings:
             raise ConfigError(
                 "REDIS_URL", "must start with redis://, rediss:// or unix:// (got a bare address)"
             )
+        if self.redis_cluster and ("{" in self.prefix or "}" in self.prefix):
+            raise ConfigError(
+                "STREAMWORKER_PREFIX", "must not contain { or } with REDIS_CLUSTER=true"
+            )
+        if not 1 <= self.stream_partitions <= MAX_PARTITIONS:
+            raise ConfigError(
+                "STREAM_PARTITIONS", f"must be an integer between 1 and {MAX_PARTITIONS}"
+            )
         if any(c.isspace() for c in self.consumer) or not self.consumer:
             raise ConfigError("STREAMWORKER_CONSUMER", "must be a non-empty name without spaces")
         if self.smtp_tls and self.smtp_starttls:
@@ -156,6 +167,10 @@ class Settings:
         new = replace(self, **changes)
         new.check()
         return new
+
+    def keyspace(self) -> Keyspace:
+        """The key names of this deployment (prefix, partitions, cluster layout)."""
+        return Keyspace(self.prefix, partitions=self.stream_partitions, cluster=self.redis_cluster)
 
     def require_redis_url(self) -> str:
         if not self.redis_url:
@@ -291,6 +306,8 @@ class _Var:
 
 _VARIABLES: tuple[_Var, ...] = (
     _Var("REDIS_URL", "redis_url", _url),
+    _Var("REDIS_CLUSTER", "redis_cluster", _bool),
+    _Var("STREAM_PARTITIONS", "stream_partitions", _int(1, MAX_PARTITIONS)),
     _Var("PORT", "port", _port),
     _Var("WORKER_COUNT", "worker_count", _int(1, 10000)),
     _Var("MAX_RETRIES", "max_retries", _int(0, 1000)),

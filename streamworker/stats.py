@@ -15,13 +15,14 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
-from .keyspace import Keyspace
+from .keyspace import PRIORITIES, Keyspace
 
 __all__ = ["PriorityStats", "QueueStats", "collect_stats"]
 
 
 class PriorityStats(msgspec.Struct, kw_only=True):
     priority: str
+    #: The stream; for a priority split into partitions, its name without the hash tag.
     stream: str
     length: int
     pending: int
@@ -31,15 +32,20 @@ class PriorityStats(msgspec.Struct, kw_only=True):
     oldest_pending_age_seconds: float | None
     consumers: int
     delayed: int
+    #: The partition of a per-partition row; None for a whole priority.
+    partition: int | None = None
 
 
 class QueueStats(msgspec.Struct, kw_only=True):
     group: str
+    #: One row per priority, summed over its partitions.
     priorities: list[PriorityStats]
     delayed: int
     dead_letters: int
     backlog: int
     collected_at: float
+    #: One row per (priority, partition) when STREAM_PARTITIONS > 1, else empty.
+    partitions: list[PriorityStats] = msgspec.field(default_factory=list)
 
 
 def _get(mapping: dict[Any, Any], name: str) -> Any:
@@ -66,7 +72,8 @@ async def collect_stats(redis: aioredis.Redis, keys: Keyspace, group: str) -> Qu
         pipe.xinfo_groups(family.stream)
         pipe.xpending(family.stream, group)
         pipe.zcard(family.delayed)
-    pipe.xlen(keys.dead_letters)
+    for stream in keys.dead_letter_streams:
+        pipe.xlen(stream)
     results = await pipe.execute(raise_on_error=False)
     now_ms = time.time() * 1000
     out: list[PriorityStats] = []
@@ -103,14 +110,40 @@ async def collect_stats(redis: aioredis.Redis, keys: Keyspace, group: str) -> Qu
                 oldest_pending_age_seconds=oldest_age,
                 consumers=consumers,
                 delayed=delayed,
+                partition=family.partition,
             )
         )
-    dead = results[-1] if isinstance(results[-1], int) else 0
+    dead = sum(r for r in results[4 * len(families) :] if isinstance(r, int))
+    if keys.partitions == 1:
+        for row in out:
+            row.partition = None
+        per_priority, per_partition = out, []
+    else:
+        per_priority = [_sum_priority(keys, out, p) for p in PRIORITIES]
+        per_partition = out
     return QueueStats(
         group=group,
-        priorities=out,
+        priorities=per_priority,
         delayed=sum(p.delayed for p in out),
         dead_letters=dead,
         backlog=sum(p.backlog for p in out),
         collected_at=time.time(),
+        partitions=per_partition,
+    )
+
+
+def _sum_priority(keys: Keyspace, rows: list[PriorityStats], priority: str) -> PriorityStats:
+    mine = [r for r in rows if r.priority == priority]
+    ages = [r.oldest_pending_age_seconds for r in mine if r.oldest_pending_age_seconds is not None]
+    return PriorityStats(
+        priority=priority,
+        stream=f"{keys.prefix}{priority}_priority_tasks",
+        length=sum(r.length for r in mine),
+        pending=sum(r.pending for r in mine),
+        lag=sum(r.lag for r in mine),
+        lag_exact=all(r.lag_exact for r in mine),
+        backlog=sum(r.backlog for r in mine),
+        oldest_pending_age_seconds=max(ages) if ages else None,
+        consumers=max((r.consumers for r in mine), default=0),  # a worker reads every partition
+        delayed=sum(r.delayed for r in mine),
     )

@@ -21,8 +21,8 @@ TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 
 # Many status writes in one call: per key, HSET then EXPIRE (terminal state) or PERSIST, exactly
 # what ``write`` queues as two commands, for one reply per batch instead of two per task. The
-# keys are passed as KEYS, never built inside the script; on a future Redis Cluster these hashes
-# spread over slots, so the batch would be split by slot there.
+# keys are passed as KEYS, never built inside the script. On Redis Cluster these hashes spread
+# over slots, so there the same writes go as plain commands (one pipeline, one trip per node).
 # KEYS: status hashes. ARGV[1]: ttl of terminal states (s). ARGV[2]: MessagePack array with,
 # per key, {1 if terminal else 0, field, value, ...} (strings).
 _WRITE_MANY_SCRIPT = """
@@ -84,6 +84,10 @@ class StatusStore:
         """
         if not self.enabled:
             return
+        if self._keys.cluster:
+            for task_id, state, fields in writes:
+                self.write(pipe, task_id, state, **fields)
+            return
         status_key = self._keys.status
         keys: list[str] = []
         rows: list[list[str | int]] = []
@@ -110,9 +114,29 @@ class StatusStore:
         if not self.enabled or not records:
             return
         status_key = self._keys.status
+        if self._keys.cluster:
+            for task_id, row in records:
+                it = iter(row)
+                pipe.hset(status_key(task_id), mapping=dict(zip(it, it, strict=True)))
+                pipe.persist(status_key(task_id))
+            return
         keys = [status_key(task_id) for task_id, _ in records]
         rows = [[0, *row] for _, row in records]
         pipe.eval(_WRITE_MANY_SCRIPT, len(keys), *keys, self._ttl, _rows_encoder.encode(rows))
+
+    def write_first_if_absent(self, pipe: Any, task_id: str, row: Sequence[str]) -> None:
+        """Queue the first status of a task already published (Redis Cluster, where it cannot
+        ride in the publish script): ``status`` only if no worker has written one yet, plus
+        the fields that never change. Whatever the order, a late write never sets a task back.
+        """
+        if not self.enabled:
+            return
+        it = iter(row)
+        fields = dict(zip(it, it, strict=True))
+        key = self._keys.status(task_id)
+        pipe.hsetnx(key, "status", fields.pop("status"))
+        fields.pop("retry_count", None)  # a worker may already have counted a retry
+        pipe.hset(key, mapping=fields)
 
     async def read(self, redis: Any, task_id: str) -> TaskStatus | None:
         raw = await redis.hgetall(self._keys.status(task_id))

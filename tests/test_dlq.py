@@ -253,10 +253,12 @@ async def test_replay_refuses_missing_and_unknown_source_and_changes_nothing(
     # the good entry onto another priority stream, it changes nothing.
     broker = dlq._broker
     wrong = keys.family("critical")
-    assert await broker.replay_dead_letters([(wrong, good.id)]) == [
+    assert await broker.replay_dead_letters([(wrong, wrong.dead_letters, good.id)]) == [
         ("mismatch", good.source_stream or "", "")
     ]
-    assert await broker.replay_dead_letters([(wrong, "1-0")]) == [("gone", "", "")]
+    assert await broker.replay_dead_letters([(wrong, wrong.dead_letters, "1-0")]) == [
+        ("gone", "", "")
+    ]
     assert await _lengths(redis, settings) == before
     # and after Redis lost its scripts (a restart), replay loads them again
     await redis.script_flush()

@@ -23,11 +23,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from .. import __version__
-from ..broker import Broker, connect
+from ..broker import Broker, connect_to
 from ..cancel import TaskCanceller
 from ..deadletters import DeadLetters
 from ..hooks import ProducerHook
-from ..keyspace import Keyspace
 from ..producer import Producer
 from ..registry import Registry, default_registry
 from ..settings import ConfigError, Settings
@@ -85,15 +84,15 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        client = redis or connect(
-            settings.require_redis_url(),
+        client = redis or connect_to(
+            settings,
             socket_connect_timeout=2,
             socket_timeout=5,
             # One immediate reconnect covers pooled connections a Redis restart broke; beyond
             # that the request fails fast with 503 instead of waiting on backoff.
             retry=Retry(NoBackoff(), 1),
         )
-        keys = Keyspace(settings.prefix)
+        keys = settings.keyspace()
         status = StatusStore(keys, settings.completed_ttl_seconds, enabled=settings.track_status)
         producer = Producer(
             client,

@@ -82,7 +82,10 @@ class BacklogSampler:
         groups = await pipe.execute(raise_on_error=False)
         read: dict[str, int | None] = {}
         for family, info in zip(self._keys.families, groups, strict=True):
-            read[family.priority] = _entries_read(info, self._group)
+            # A priority split into partitions: the sum, unknown if any partition is.
+            value = _entries_read(info, self._group)
+            before = read.get(family.priority, 0)
+            read[family.priority] = None if value is None or before is None else before + value
         now = self._clock()
         self._backlog = {p.priority: p.backlog for p in stats.priorities}
         self._samples.append((now, read))

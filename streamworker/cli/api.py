@@ -9,9 +9,8 @@ import anyio
 import msgspec
 import typer
 
-from ..broker import connect
+from ..broker import connect_to
 from ..cancel import CancelOutcome, CancelResult, TaskCanceller
-from ..keyspace import Keyspace
 from ..observability import Observability, build_observability
 from ..observability.logging import configure_logging
 from ..registry import load_handler_modules
@@ -84,11 +83,9 @@ def cancel(
     settings = load_settings()
 
     async def go() -> CancelResult:
-        redis = connect(settings.require_redis_url())
+        redis = connect_to(settings)
         try:
-            canceller = TaskCanceller(
-                redis, Keyspace(settings.prefix), settings.completed_ttl_seconds
-            )
+            canceller = TaskCanceller(redis, settings.keyspace(), settings.completed_ttl_seconds)
             return await canceller.cancel(task_id)
         finally:
             await redis.aclose()

@@ -41,6 +41,8 @@ _DETAILS = {
     "unknown_source_stream": "its source_stream is not one of this deployment's priority streams",
     "missing_source_stream": "it has no source_stream",
     "source_mismatch": "its source_stream changed while replaying",
+    "partition_mismatch": "it is in another partition's dead letters than its source stream"
+    " (STREAM_PARTITIONS changed since it failed)",
     "gone": "removed while replaying (by another replay or a purge)",
 }
 

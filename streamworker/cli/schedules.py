@@ -15,7 +15,7 @@ from prometheus_client import start_http_server
 from rich.console import Console
 from rich.table import Table
 
-from ..broker import connect
+from ..broker import connect_to
 from ..observability.logging import configure_logging
 from ..registry import default_registry, load_handler_modules
 from ..scheduler import (
@@ -98,7 +98,7 @@ def _with_control(
     settings: Settings, schedules: list[Schedule], action: Callable[[ScheduleControl], Awaitable[T]]
 ) -> T:
     async def go() -> T:
-        redis = connect(settings.require_redis_url())
+        redis = connect_to(settings)
         try:
             return await action(ScheduleControl(settings, redis, schedules))
         finally:

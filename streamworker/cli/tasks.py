@@ -11,9 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..broker import connect
+from ..broker import connect_to
 from ..errors import InvalidTask
-from ..keyspace import Keyspace
 from ..producer import Producer
 from ..registry import default_registry, load_handler_modules
 from ..stats import QueueStats, collect_stats
@@ -96,9 +95,9 @@ def status(
     settings = load_settings()
 
     async def go() -> Any:
-        redis = connect(settings.require_redis_url())
+        redis = connect_to(settings)
         try:
-            store = StatusStore(Keyspace(settings.prefix), settings.completed_ttl_seconds)
+            store = StatusStore(settings.keyspace(), settings.completed_ttl_seconds)
             return await store.read(redis, task_id)
         finally:
             await redis.aclose()
@@ -120,14 +119,17 @@ def status(
 @app.command()
 def stats(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+    partitions: Annotated[
+        bool, typer.Option("--partitions", help="Also one row per partition and its streams.")
+    ] = False,
 ) -> None:
     """Per priority: length, pending, lag, oldest pending age, consumers; delayed; dead letters."""
     settings = load_settings()
 
     async def go() -> QueueStats:
-        redis = connect(settings.require_redis_url())
+        redis = connect_to(settings)
         try:
-            return await collect_stats(redis, Keyspace(settings.prefix), settings.group)
+            return await collect_stats(redis, settings.keyspace(), settings.group)
         finally:
             await redis.aclose()
 
@@ -136,28 +138,28 @@ def stats(
     if as_json:
         print(msgspec.json.encode(result).decode())
         return
-    print_stats(result)
+    print_stats(result, partitions=partitions)
 
 
-def print_stats(result: QueueStats, console: Console | None = None) -> None:
+def print_stats(
+    result: QueueStats, console: Console | None = None, *, partitions: bool = False
+) -> None:
+    """The stats table; with ``partitions`` (and STREAM_PARTITIONS > 1) one row per partition,
+    naming its stream, as raw XADD producers need them."""
+    split = partitions and bool(result.partitions)
+    rows = result.partitions if split else result.priorities
     table = Table(title=f"group {result.group}")
-    for column in (
-        "priority",
-        "length",
-        "pending",
-        "lag",
-        "backlog",
-        "oldest pending",
-        "consumers",
-        "delayed",
-    ):
-        table.add_column(column, justify="right" if column != "priority" else "left")
-    for p in result.priorities:
+    columns = ["partition", "stream"] if split else ["priority"]
+    columns += ["length", "pending", "lag", "backlog", "oldest pending", "consumers", "delayed"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in {"priority", "stream"} else "right")
+    for p in rows:
         age = (
             "-" if p.oldest_pending_age_seconds is None else f"{p.oldest_pending_age_seconds:.1f}s"
         )
+        head = [str(p.partition), p.stream] if split else [p.priority]
         table.add_row(
-            p.priority,
+            *head,
             str(p.length),
             str(p.pending),
             f"{p.lag}{'' if p.lag_exact else '*'}",

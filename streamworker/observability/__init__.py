@@ -24,7 +24,6 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from ..hooks import ProducerHook, TaskHook
-from ..keyspace import Keyspace
 from ..settings import Settings
 from .logging import LoggingHook
 
@@ -106,7 +105,7 @@ def build_observability(
         tracer = tracer_from(provider)
         # First: the span is current for the other hooks' log lines, and ends last.
         task_hooks.append(
-            TracingHook(tracer, Keyspace(settings.prefix), settings.group, settings.consumer)
+            TracingHook(tracer, settings.keyspace(), settings.group, settings.consumer)
         )
         producer_hooks.append(ProducerTracingHook(tracer))
     task_hooks.append(LoggingHook(settings.consumer))
@@ -126,17 +125,17 @@ def build_observability(
     sinks: list[Any] = []
     own_redis = None
     if settings.audit_enabled:
-        from ..broker import connect
+        from ..broker import connect_to
         from .audit import AuditBuffer, AuditCollector, AuditHook, HttpForwarder, StreamSink
 
         if redis is None:
-            redis = own_redis = connect(settings.require_redis_url())
+            redis = own_redis = connect_to(settings)
         service, consumer = settings.otel_service_name, settings.consumer
         sinks.append(
             StreamSink(
                 AuditBuffer("stream", settings.audit_buffer_size),
                 redis,
-                Keyspace(settings.prefix).audit_events,
+                settings.keyspace().audit_events,
                 settings.audit_stream_maxlen,
                 service=service,
                 consumer=consumer,

@@ -85,7 +85,13 @@ class TracingHook:
 
     def __init__(self, tracer: Tracer, keys: Keyspace, group: str, consumer: str) -> None:
         self._tracer = tracer
-        self._streams = {f.priority: f.stream for f in keys.families}
+        # With partitions, the priority's name without the hash tag (the span is per task).
+        self._streams = {
+            f.priority: f.stream
+            if not keys.partitioned
+            else f"{keys.prefix}{f.priority}_priority_tasks"
+            for f in keys.families
+        }
         self._group = group
         self._consumer = consumer
 

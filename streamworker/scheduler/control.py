@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import msgspec
 import redis.asyncio as aioredis
 
-from ..keyspace import Keyspace
 from ..producer import Producer
 from ..registry import Registry, default_registry
 from ..settings import Settings
@@ -56,7 +55,7 @@ class ScheduleControl:
         self._settings = settings
         self._redis = redis
         self._schedules = {s.name: s for s in schedules}
-        self._state = StateStore(redis, Keyspace(settings.prefix))
+        self._state = StateStore(redis, settings.keyspace())
         self._registry = registry if registry is not None else default_registry
 
     def get(self, name: str) -> Schedule:

@@ -22,9 +22,8 @@ import anyio.abc
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ..broker import connect
+from ..broker import connect_to
 from ..errors import InvalidTask
-from ..keyspace import Keyspace
 from ..producer import Producer
 from ..registry import Registry, default_registry
 from ..settings import ConfigError, Settings
@@ -86,8 +85,8 @@ class Scheduler:
         # the time it was off look like an outage to catch up on.
         self._disabled = [s for s in schedules if not s.enabled]
         self._owns_redis = redis is None
-        self.redis = redis or connect(settings.require_redis_url())
-        keys = Keyspace(settings.prefix)
+        self.redis = redis or connect_to(settings)
+        keys = settings.keyspace()
         self.lease = LeaderLease(
             self.redis, keys, settings.consumer, settings.scheduler_lease_seconds
         )

@@ -4,6 +4,11 @@ It never fetches more than there are free slots (one read of several streams in 
 trip), except that a blocking wait can return one entry per stream; those wait for a slot.
 On start it first re-reads this consumer's own pending entries (left by a previous run of
 the same consumer name), walking each stream's pending list with a cursor.
+
+A reader covers a set of families that one script can read together: all of them on a single
+node, one partition's (one hash slot) on Redis Cluster, where the worker runs one reader per
+partition. Within its set, priority is exact (strict or weighted); the partitions of one
+priority take turns being read first, so none is starved.
 """
 
 from __future__ import annotations
@@ -66,8 +71,18 @@ class Reader:
         max_batch: int = 500,
         check_cancelled: bool = False,
         hooks: TaskHooks | None = None,
+        families: Sequence[int] | None = None,
     ) -> None:
         self._broker = broker
+        #: Indices into ``broker.families`` this reader covers, grouped by priority (rank).
+        covered = range(len(broker.families)) if families is None else families
+        by_rank: dict[int, list[int]] = {}
+        for index in covered:
+            by_rank.setdefault(broker.families[index].rank, []).append(index)
+        self._by_rank = [by_rank[rank] for rank in sorted(by_rank)]
+        self._ranks = sorted(by_rank)
+        self.families = [i for group in self._by_rank for i in group]
+        self._turn = 0  # which partition of each priority is read first this time
         self._consumer = consumer
         self._slots = slots
         self._mode = mode
@@ -80,17 +95,32 @@ class Reader:
 
     def plan(self, n: int) -> tuple[list[int], list[int]]:
         """Order of the families and how many to take from each in the first pass."""
-        count = len(self._broker.families)
+        self._turn += 1
+        groups = [self._rotated(group) for group in self._by_rank]
         if self._mode == "strict":
-            return list(range(count)), [n] * count
-        # Weighted: a weighted shuffle decides who is served first, and each family's quota
-        # is its share of n (rounded up), so a low priority always makes progress.
-        total = sum(self._weights)
-        order = sorted(
-            range(count), key=lambda i: random.random() ** (1.0 / self._weights[i]), reverse=True
+            flat = [i for group in groups for i in group]
+            return flat, [n] * len(flat)
+        # Weighted: a weighted shuffle decides which priority is served first, and each
+        # priority's quota is its share of n (rounded up), split over its partitions, so a
+        # low priority always makes progress.
+        weights = [self._weights[rank] for rank in self._ranks]
+        total = sum(weights)
+        ranked = sorted(
+            range(len(groups)),
+            key=lambda g: random.random() ** (1.0 / weights[g]),
+            reverse=True,
         )
-        quotas = [-(-n * self._weights[i] // total) for i in order]
+        order: list[int] = []
+        quotas: list[int] = []
+        for g in ranked:
+            share = -(-n * weights[g] // total)
+            order += groups[g]
+            quotas += [-(-share // len(groups[g]))] * len(groups[g])
         return order, quotas
+
+    def _rotated(self, group: list[int]) -> list[int]:
+        k = self._turn % len(group)
+        return group[k:] + group[:k]
 
     async def run(
         self,
@@ -119,11 +149,12 @@ class Reader:
                     await send.send(delivery)
 
     async def _read_own_pending(self, send: MemoryObjectSendStream[Delivery]) -> None:
-        count = len(self._broker.families)
-        cursors = ["0"] * count
+        cursors = dict.fromkeys(self.families, "0")
         while True:
             n = await self._slots.take_batch(self._max_batch)
-            deliveries = await self._fetch(n, list(range(count)), [n] * count, cursors)
+            deliveries = await self._fetch(
+                n, self.families, [n] * len(self.families), [cursors[i] for i in self.families]
+            )
             if deliveries is None:
                 self._slots.give(n)
                 continue
@@ -167,7 +198,9 @@ class Reader:
 
     async def _wait(self) -> list[Delivery]:
         try:
-            deliveries = await self._broker.wait_for_entries(self._consumer, self._block_ms)
+            deliveries = await self._broker.wait_for_entries(
+                self._consumer, self._block_ms, self.families
+            )
         except TRANSIENT as exc:
             await self._outage.failed(exc)
             return []

@@ -13,11 +13,10 @@ import anyio
 import redis.asyncio as aioredis
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..broker import Broker, connect
+from ..broker import Broker, connect_to
 from ..channels import Services
 from ..context import Outbox, bind_maintenance, bind_services
 from ..hooks import TaskHook, TaskHooks
-from ..keyspace import Keyspace
 from ..maintenance import Maintenance
 from ..registry import Registry, default_registry
 from ..settings import Settings
@@ -52,8 +51,8 @@ class Worker:
         self.settings = settings
         self.registry = registry if registry is not None else default_registry
         self._owns_redis = redis is None
-        self.redis = redis or connect(settings.require_redis_url())
-        self.keys = Keyspace(settings.prefix)
+        self.redis = redis or connect_to(settings)
+        self.keys = settings.keyspace()
         status = StatusStore(
             self.keys, settings.completed_ttl_seconds, enabled=settings.track_status
         )
@@ -69,16 +68,30 @@ class Worker:
         self.acker = Acker(self.broker, capacity=4 * self.concurrency + 64)
         self.promoter = Promoter(self.broker, interval=settings.promote_interval_seconds)
         self.hooks = TaskHooks(hooks)
-        self.reader = Reader(
-            self.broker,
-            settings.consumer,
-            self.slots,
-            mode=settings.priority_mode,
-            weights=settings.priority_weights,
-            block_ms=settings.read_block_ms,
-            check_cancelled=settings.track_status,
-            hooks=self.hooks,
-        )
+        # One reader for every stream on a single node; on a cluster one per partition, since
+        # a read (one script, one blocking XREADGROUP) can only cover one hash slot there.
+        read_groups: list[list[int] | None] = [None]
+        if self.keys.cluster:
+            index = {f.stream: i for i, f in enumerate(self.broker.families)}
+            read_groups = [
+                [index[f.stream] for f in self.keys.partition_families(p)]
+                for p in range(self.keys.partitions)
+            ]
+        self.readers = [
+            Reader(
+                self.broker,
+                settings.consumer,
+                self.slots,
+                mode=settings.priority_mode,
+                weights=settings.priority_weights,
+                block_ms=settings.read_block_ms,
+                check_cancelled=settings.track_status,
+                hooks=self.hooks,
+                families=group,
+            )
+            for group in read_groups
+        ]
+        self.reader = self.readers[0]
         self.recoverer = Recoverer(
             self.broker,
             settings.consumer,
@@ -196,12 +209,13 @@ class Worker:
         # The reader (new and own pending entries) and the recoverer (other consumers' stale
         # entries) feed the same runners; cancelling ``scope`` stops both. Closing every
         # sender at the end (closing twice is harmless) is what ends the idle runners.
-        senders = (send.clone(), send.clone(), send)
+        senders = [send.clone() for _ in self.readers] + [send]
         try:
             with scope:
                 async with anyio.create_task_group() as feeders:
-                    feeders.start_soon(self.recoverer.run, senders[0])
-                    feeders.start_soon(self.reader.run, senders[1])
+                    feeders.start_soon(self.recoverer.run, send)
+                    for reader, sender in zip(self.readers, senders, strict=False):
+                        feeders.start_soon(reader.run, sender)
         finally:
             for sender in senders:
                 sender.close()
