@@ -218,7 +218,9 @@ class Broker:
         raise AssertionError("unreachable")
 
     def _evalsha(self, pipe: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
-        pipe.evalsha(self._sha[name], len(keys), *keys, *args)
+        # execute_command, not pipe.evalsha: redis-py's cluster pipeline refuses the method
+        # (it cannot know the script stays in one slot; ours always do), not the command.
+        pipe.execute_command("EVALSHA", self._sha[name], len(keys), *keys, *args)
 
     # -- reading --------------------------------------------------------------------------
 

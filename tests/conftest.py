@@ -23,8 +23,7 @@ import redis.asyncio as aioredis
 
 from streamworker import Registry, Settings, Worker
 from streamworker.broker import connect
-from streamworker.embedded import EmbeddedRedis
-from streamworker.keyspace import Keyspace
+from streamworker.embedded import EmbeddedCluster, EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,6 +40,17 @@ def redis_server() -> Iterator[EmbeddedRedis]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[EmbeddedCluster]:
+    """A Redis Cluster of 3 masters on loopback, shared by the session's cluster tests (each
+    test has its own prefix); started on first use."""
+    cluster = EmbeddedCluster(masters=3).start()  # raises: the test fails, never skips
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @pytest.fixture
@@ -105,13 +115,13 @@ async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.02
 
 async def status_is(redis: aioredis.Redis, settings: Settings, task_id: str, state: str) -> bool:
     """The task's status hash says ``state``."""
-    current = await redis.hget(Keyspace(settings.prefix).status(task_id), "status")
+    current = await redis.hget(settings.keyspace().status(task_id), "status")
     return current is not None and current.decode() == state
 
 
 async def dead_letters(redis: aioredis.Redis, settings: Settings) -> list[dict[str, str]]:
     """The dead-letter entries, oldest first, as text."""
-    entries = await redis.xrange(Keyspace(settings.prefix).dead_letters)
+    entries = await redis.xrange(settings.keyspace().dead_letters)
     return [{k.decode(): v.decode(errors="replace") for k, v in f.items()} for _, f in entries]
 
 

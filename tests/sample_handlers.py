@@ -13,6 +13,7 @@ import anyio
 import redis.asyncio as aioredis
 
 from streamworker import TaskContext, handler
+from streamworker.broker import connect
 
 _client: aioredis.Redis | None = None
 
@@ -20,7 +21,8 @@ _client: aioredis.Redis | None = None
 def _redis() -> aioredis.Redis:
     global _client
     if _client is None:
-        _client = aioredis.Redis.from_url(os.environ["REDIS_URL"])
+        cluster = os.environ.get("REDIS_CLUSTER", "").lower() in {"1", "true", "yes", "on"}
+        _client = connect(os.environ["REDIS_URL"], cluster=cluster)
     return _client
 
 
@@ -38,6 +40,12 @@ async def record(payload: dict[str, Any], ctx: TaskContext) -> None:
     pipe.sadd(_key("done"), ctx.task_id)
     pipe.incr(_key("runs"))
     await pipe.execute()
+
+
+@handler("sequence")
+async def sequence(payload: dict[str, Any], ctx: TaskContext) -> None:
+    """Append ``seq`` to the list ``order``: the order in which tasks ran."""
+    await _redis().rpush(_key("order"), int(payload["seq"]))
 
 
 @handler("noop")

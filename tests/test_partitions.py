@@ -1,0 +1,423 @@
+"""Partitioned priority streams (issue 11): STREAM_PARTITIONS on one node and on a real
+3-master Redis Cluster (``redis_cluster`` fixture).
+
+On the cluster: 30,000 tasks published through the producer and raw XADD are drained by two
+worker processes with nothing lost; a worker killed with SIGKILL has its pending entries
+reclaimed on every partition; tasks sharing a ``partition_key`` run in publish order; stats and
+dead-letter replay cover every partition.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.exceptions import ResponseError
+
+from streamworker import Producer, Registry, Settings, TaskContext
+from streamworker.broker import connect
+from streamworker.deadletters import DeadLetters
+from streamworker.embedded import EmbeddedCluster
+from streamworker.keyspace import PRIORITIES, Keyspace, partition_tag
+from streamworker.producer import TaskSpec
+from streamworker.settings import ConfigError
+from streamworker.stats import collect_stats
+from tests.conftest import WorkerProcess, running_worker, start_worker_process, wait_for
+
+pytestmark = pytest.mark.anyio
+
+
+# -- names ---------------------------------------------------------------------------------
+
+
+def test_one_partition_keeps_the_contract_names() -> None:
+    keys = Keyspace("x:")
+    assert [f.stream for f in keys.families] == [f"x:{p}_priority_tasks" for p in PRIORITIES]
+    assert keys.dead_letter_streams == ("x:failed_tasks",)
+    assert keys.family("high").delayed == "x:high_priority_tasks:delayed"
+    assert keys.status("t1") == "x:task:t1"
+    assert keys.idempotency("k") == "x:idempotency:k"
+
+
+def test_partitions_carry_a_hash_tag_spread_over_the_slot_space() -> None:
+    keys = Keyspace("x:", partitions=6)
+    assert len(keys.families) == 24
+    for partition in range(6):
+        tag = partition_tag(partition, 6)
+        slot = key_slot(tag.encode())
+        share = REDIS_CLUSTER_HASH_SLOTS // 6
+        assert partition * share <= slot < (partition + 1) * share + 1
+        family = keys.family("low", partition)
+        assert family.stream == f"x:{{{tag}}}low_priority_tasks"
+        # everything a script touches together is in one slot
+        slots = {key_slot(k.encode()) for k in (family.stream, family.delayed, family.dead_letters)}
+        slots.add(key_slot(keys.idempotency("k", partition).encode()))
+        slots |= {key_slot(f.stream.encode()) for f in keys.partition_families(partition)}
+        assert slots == {slot}
+    # a single node keeps the plain task keys; a cluster tags them with the task id
+    assert keys.status("t1") == "x:task:t1"
+    clustered = Keyspace("x:", partitions=6, cluster=True)
+    assert key_slot(clustered.status("t1").encode()) == key_slot(clustered.cancelled("t1").encode())
+    assert key_slot(clustered.scheduler_leader.encode()) == key_slot(
+        clustered.scheduler_fence.encode()
+    )
+    # one partition on a cluster still needs the tag: stream, delayed set and dead letters
+    single = Keyspace(cluster=True)
+    family = single.family("high")
+    assert family.stream == "{p0}high_priority_tasks"
+    assert (
+        len({key_slot(k.encode()) for k in (family.stream, family.delayed, family.dead_letters)})
+        == 1
+    )
+    # the same key always lands on the same partition
+    assert keys.partition_for("patient-42") == Keyspace(partitions=6).partition_for("patient-42")
+
+
+def test_bad_partition_settings_are_refused_with_the_variable_named() -> None:
+    for raw in ("0", "-1", "257", "two"):
+        with pytest.raises(ConfigError, match="STREAM_PARTITIONS"):
+            Settings.from_env({"STREAM_PARTITIONS": raw})
+    with pytest.raises(ConfigError, match="REDIS_CLUSTER"):
+        Settings.from_env({"REDIS_CLUSTER": "maybe"})
+    with pytest.raises(ConfigError, match="STREAMWORKER_PREFIX"):
+        Settings.from_env({"REDIS_CLUSTER": "true", "STREAMWORKER_PREFIX": "{a}:"})
+    settings = Settings.from_env({"REDIS_CLUSTER": "yes", "STREAM_PARTITIONS": "12"})
+    assert settings.keyspace() == Keyspace(partitions=12, cluster=True)
+
+
+# -- one node, several partitions ---------------------------------------------------------------
+
+
+def _recording_registry(ran: list[str]) -> Registry:
+    registry = Registry()
+
+    @registry.handler("noop")
+    async def noop(payload: dict[str, Any], ctx: TaskContext) -> None:
+        ran.append(ctx.task_id)
+
+    return registry
+
+
+async def test_one_node_spreads_tasks_over_partitions_and_drains_them(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    settings = settings.with_overrides(stream_partitions=4)
+    keys = settings.keyspace()
+    producer = Producer.from_settings(settings)
+    ids = await producer.publish_many(
+        [TaskSpec(task_type="noop", payload={}, priority=p) for p in PRIORITIES for _ in range(100)]
+    )
+    keyed = await producer.publish_many(
+        [TaskSpec(task_type="noop", payload={}, partition_key="patient-7")] * 20
+    )
+    await producer.aclose()
+    lengths = {f.stream: int(await redis.xlen(f.stream)) for f in keys.families}
+    home = keys.family("normal", keys.partition_for("patient-7")).stream
+    for family in keys.families:
+        expected = 25 + (20 if family.stream == home else 0)
+        assert lengths[family.stream] == expected, family.stream
+
+    stats = await collect_stats(redis, keys, settings.group)
+    assert [p.length for p in stats.priorities] == [100, 100, 120, 100]
+    assert len(stats.partitions) == 16 and sum(p.length for p in stats.partitions) == 420
+
+    ran: list[str] = []
+    async with running_worker(settings, _recording_registry(ran)):
+        await wait_for(lambda: len(ran) == 420)
+    assert Counter(ran) == Counter(ids + keyed)
+    stats = await collect_stats(redis, keys, settings.group)
+    assert stats.backlog == 0 and all(p.pending == 0 for p in stats.partitions)
+
+
+async def test_strict_priority_holds_across_partitions_on_one_node(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    settings = settings.with_overrides(stream_partitions=3, worker_count=1)
+    producer = Producer.from_settings(settings)
+    low = await producer.publish_many([TaskSpec(task_type="noop", payload={}, priority="low")] * 30)
+    critical = await producer.publish_many(
+        [TaskSpec(task_type="noop", payload={}, priority="critical")] * 30
+    )
+    await producer.aclose()
+    ran: list[str] = []
+    async with running_worker(settings, _recording_registry(ran)):
+        await wait_for(lambda: len(ran) == 60)
+    # one slot: every critical task (on any partition) before any low one
+    assert set(ran[:30]) == set(critical) and set(ran[30:]) == set(low)
+
+
+async def _dead_letter_everywhere(settings: Settings, redis: aioredis.Redis) -> list[str]:
+    """One entry of an unknown task type on every partition of `high` (raw XADD), drained by
+    a worker so each lands in its own partition's dead letters; returns the stream names."""
+    keys = settings.keyspace()
+    streams = [keys.family("high", p).stream for p in range(keys.partitions)]
+    for stream in streams:
+        await redis.xadd(stream, {"task_type": "later", "payload": '{"n": 1}'})
+    async with running_worker(settings, Registry()):
+        await wait_for(lambda: _dead_count(redis, keys, len(streams)))
+    return streams
+
+
+async def _dead_count(redis: aioredis.Redis, keys: Keyspace, n: int) -> bool:
+    return sum([int(await redis.xlen(s)) for s in keys.dead_letter_streams]) == n
+
+
+async def _replay_all_and_run(settings: Settings, redis: aioredis.Redis, count: int) -> None:
+    keys = settings.keyspace()
+    dlq = DeadLetters.from_settings(settings)
+    try:
+        page = await dlq.list(limit=count + 5)
+        assert page.total == count and len(page.entries) == count
+        assert sorted(int(e.id.rsplit("@", 1)[1]) for e in page.entries) == list(range(count))
+        # newest first across partitions, and paging by cursor sees each entry once
+        first = await dlq.list(limit=2)
+        rest = await dlq.list(limit=count, after=first.next_cursor)
+        assert [e.id for e in first.entries + rest.entries] == [e.id for e in page.entries]
+        shown = await dlq.get(page.entries[0].id)
+        assert shown is not None and shown.payload == '{"n": 1}'
+        plain_id = page.entries[0].id.split("@")[0]
+        assert (await dlq.get(plain_id)) is not None  # found whichever partition has it
+        summary = await dlq.replay(all=True)
+        assert summary.replayed == count and summary.failed == 0
+    finally:
+        await dlq.aclose()
+    ran: list[str] = []
+    registry = Registry()
+
+    @registry.handler("later")
+    async def later(payload: dict[str, Any], ctx: TaskContext) -> None:
+        ran.append(ctx.task_id)
+
+    async with running_worker(settings, registry):
+        await wait_for(lambda: len(ran) == count)
+    assert await _dead_count(redis, keys, 0)
+
+
+async def test_dead_letters_of_every_partition_list_replay_and_purge_as_one(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    settings = settings.with_overrides(stream_partitions=4)
+    await _dead_letter_everywhere(settings, redis)
+    stats = await collect_stats(redis, settings.keyspace(), settings.group)
+    assert stats.dead_letters == 4
+    await _replay_all_and_run(settings, redis, 4)
+    await _dead_letter_everywhere(settings, redis)
+    dlq = DeadLetters.from_settings(settings)
+    try:
+        assert await dlq.purge() == 4
+        assert (await dlq.list()).total == 0
+    finally:
+        await dlq.aclose()
+
+
+# -- a real 3-master cluster ---------------------------------------------------------------
+
+
+@pytest.fixture
+def cluster_settings(settings: Settings, redis_cluster: EmbeddedCluster) -> Settings:
+    return settings.with_overrides(
+        redis_url=redis_cluster.url, redis_cluster=True, stream_partitions=6
+    )
+
+
+@pytest.fixture
+async def cluster_redis(redis_cluster: EmbeddedCluster) -> Any:
+    client = connect(redis_cluster.url, cluster=True)
+    await client.initialize()  # type: ignore[attr-defined]  # learn the slot map now
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def _cluster_env(settings: Settings, consumer: str, **extra: str) -> dict[str, str]:
+    return {
+        "REDIS_CLUSTER": "true",
+        "STREAM_PARTITIONS": str(settings.stream_partitions),
+        "STREAMWORKER_CONSUMER": consumer,
+        "VISIBILITY_TIMEOUT_SECONDS": "2",
+        "RECLAIM_INTERVAL_SECONDS": "0.5",
+        **extra,
+    }
+
+
+async def test_cluster_partitions_spread_over_every_master(
+    cluster_settings: Settings, cluster_redis: Any
+) -> None:
+    keys = cluster_settings.keyspace()
+    owners = {cluster_redis.get_node_from_key(f.stream).port for f in keys.families}
+    assert len(owners) == 3
+
+
+async def test_cluster_two_workers_drain_thirty_thousand_tasks(
+    cluster_settings: Settings, cluster_redis: Any, worker_processes: list[WorkerProcess]
+) -> None:
+    settings = cluster_settings
+    keys = settings.keyspace()
+    producer = Producer.from_settings(settings)
+    published: list[str] = []
+    priorities = ("high", "normal", "low")
+    for start in range(0, 27_000, 1_000):
+        published += await producer.publish_many(
+            [TaskSpec(task_type="record", payload={}, priority=priorities[start // 1000 % 3])]
+            * 1_000
+        )
+    await producer.aclose()
+    # raw XADD producers write to any partition stream directly
+    for n in range(3_000):
+        family = keys.family(priorities[n % 3], n % keys.partitions)
+        await cluster_redis.xadd(
+            family.stream, {"task_type": "record", "payload": "{}", "task_id": f"raw-{n}"}
+        )
+        published.append(f"raw-{n}")
+    assert len(set(published)) == 30_000
+
+    began = time.monotonic()
+    for name in ("w-a", "w-b"):
+        start_worker_process(
+            settings, "--concurrency", "64", registry=worker_processes,
+            **_cluster_env(settings, name),
+        )  # fmt: skip
+    done_key = f"{settings.prefix}test:done"
+
+    async def all_done() -> bool:
+        return int(await cluster_redis.scard(done_key)) == 30_000
+
+    await wait_for(all_done, timeout=240, interval=0.2)
+    elapsed = time.monotonic() - began
+    print(f"\ncluster drain: 30000 tasks, 2 workers, {30_000 / elapsed:.0f} tasks/s incl. start")
+    stats = await collect_stats(cluster_redis, keys, settings.group)
+    assert stats.backlog == 0 and stats.dead_letters == 0
+    # both workers took part, on every partition
+    for family in keys.families:
+        if family.priority == "critical":
+            continue
+        consumers = await cluster_redis.xinfo_consumers(family.stream, settings.group)
+        assert len(consumers) == 2, family.stream
+    for process in worker_processes:
+        assert process.terminate() == 0, process.output()
+
+
+async def test_cluster_killed_worker_is_reclaimed_on_every_partition(
+    cluster_settings: Settings, cluster_redis: Any, worker_processes: list[WorkerProcess]
+) -> None:
+    settings = cluster_settings
+    keys = settings.keyspace()
+    victim = start_worker_process(
+        settings, "--concurrency", "60", registry=worker_processes,
+        **_cluster_env(settings, "victim"),
+    )  # fmt: skip
+    producer = Producer.from_settings(settings)
+    ids = await producer.publish_many([TaskSpec(task_type="record", payload={"sleep": 30})] * 120)
+    await producer.aclose()
+    streams = [keys.family("normal", p).stream for p in range(keys.partitions)]
+
+    async def owned_by_victim() -> list[int]:
+        counts = []
+        for stream in streams:
+            try:
+                rows = await cluster_redis.xpending_range(
+                    stream, settings.group, min="-", max="+", count=200, consumername="victim"
+                )
+            except ResponseError:  # NOGROUP: the worker has not made its groups yet
+                return [0]
+            counts.append(len(rows))
+        return counts
+
+    async def victim_holds_every_partition() -> bool:
+        return all(await owned_by_victim())
+
+    await wait_for(victim_holds_every_partition, timeout=30)
+    victim.kill()
+    start_worker_process(
+        settings, "--concurrency", "150", registry=worker_processes,
+        **_cluster_env(settings, "rescuer"),
+    )  # fmt: skip
+    started_key = f"{settings.prefix}test:started"
+
+    async def victim_owns_nothing() -> bool:
+        return not any(await owned_by_victim())
+
+    await wait_for(victim_owns_nothing, timeout=60, interval=0.2)
+
+    # every task was started again by the rescuer (the sleep keeps them running)
+    async def all_started() -> bool:
+        return int(await cluster_redis.scard(started_key)) == len(ids)
+
+    await wait_for(all_started, timeout=30)
+    for stream in streams:
+        rows = await cluster_redis.xpending_range(
+            stream, settings.group, min="-", max="+", count=200, consumername="rescuer"
+        )
+        assert rows, f"nothing reclaimed on {stream}"
+
+
+async def test_cluster_same_partition_key_runs_in_publish_order(
+    cluster_settings: Settings, cluster_redis: Any, worker_processes: list[WorkerProcess]
+) -> None:
+    settings = cluster_settings
+    keys = settings.keyspace()
+    producer = Producer.from_settings(settings)
+    for start in range(0, 1_000, 100):
+        await producer.publish_many(
+            [
+                TaskSpec(task_type="sequence", payload={"seq": n}, partition_key="patient-42")
+                for n in range(start, start + 100)
+            ]
+        )
+    # other keys' tasks in between do not disturb the order of this one
+    await producer.publish_many(
+        [TaskSpec(task_type="noop", payload={}, partition_key=f"p-{n}") for n in range(300)]
+    )
+    await producer.aclose()
+    home = keys.family("normal", keys.partition_for("patient-42")).stream
+    assert int(await cluster_redis.xlen(home)) >= 1_000
+    start_worker_process(
+        settings, "--concurrency", "1", registry=worker_processes,
+        **_cluster_env(settings, "ordered"),
+    )  # fmt: skip
+    order_key = f"{settings.prefix}test:order"
+
+    async def all_ran() -> bool:
+        return int(await cluster_redis.llen(order_key)) == 1_000
+
+    await wait_for(all_ran, timeout=120, interval=0.2)
+    ran = [int(x) for x in await cluster_redis.lrange(order_key, 0, -1)]
+    assert ran == list(range(1_000))
+
+
+async def test_cluster_dead_letters_and_stats_cover_every_partition(
+    cluster_settings: Settings, cluster_redis: Any
+) -> None:
+    settings = cluster_settings
+    await _dead_letter_everywhere(settings, cluster_redis)
+    stats = await collect_stats(cluster_redis, settings.keyspace(), settings.group)
+    assert stats.dead_letters == 6 and len(stats.partitions) == 24
+    await _replay_all_and_run(settings, cluster_redis, 6)
+
+
+async def test_cluster_idempotent_publish_and_status(
+    cluster_settings: Settings, cluster_redis: Any
+) -> None:
+    settings = cluster_settings
+    producer = Producer.from_settings(settings)
+    first = await producer.publish("noop", {}, idempotency_key="visit-1")
+    again = await producer.publish("noop", {}, idempotency_key="visit-1")
+    await producer.aclose()
+    assert first == again
+    status = await cluster_redis.hgetall(settings.keyspace().status(first))
+    assert status[b"status"] == b"queued"
+    ran: list[str] = []
+    async with running_worker(settings, _recording_registry(ran)):
+        await wait_for(lambda: len(ran) == 1)
+
+    async def completed() -> bool:
+        return (
+            await cluster_redis.hget(settings.keyspace().status(first), "status")
+        ) == b"completed"
+
+    await wait_for(completed)
