@@ -163,6 +163,7 @@ class Producer:
         idempotency_key: str | None = None,
         correlation_id: str | None = None,
         task_id: str | None = None,
+        partition_key: str | None = None,
     ) -> str:
         """Publish one task; return its id (the first task's id for a repeated idempotency key)."""
         spec = TaskSpec(
@@ -176,6 +177,7 @@ class Producer:
             idempotency_key=idempotency_key,
             correlation_id=correlation_id,
             task_id=task_id,
+            partition_key=partition_key,
         )
         return (await self.publish_many([spec]))[0]
 

@@ -9,10 +9,13 @@ dead-letter replay cover every partition.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections import Counter
 from typing import Any
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
@@ -26,7 +29,13 @@ from streamworker.keyspace import PRIORITIES, Keyspace, partition_tag
 from streamworker.producer import TaskSpec
 from streamworker.settings import ConfigError
 from streamworker.stats import collect_stats
-from tests.conftest import WorkerProcess, running_worker, start_worker_process, wait_for
+from tests.conftest import (
+    WorkerProcess,
+    running_worker,
+    start_worker_process,
+    wait_for,
+    worker_env,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -166,17 +175,22 @@ async def _dead_count(redis: aioredis.Redis, keys: Keyspace, n: int) -> bool:
     return sum([int(await redis.xlen(s)) for s in keys.dead_letter_streams]) == n
 
 
-async def _replay_all_and_run(settings: Settings, redis: aioredis.Redis, count: int) -> None:
+async def _replay_all_and_run(
+    settings: Settings, redis: aioredis.Redis, count: int, *, one_per_partition: bool = True
+) -> None:
     keys = settings.keyspace()
     dlq = DeadLetters.from_settings(settings)
     try:
         page = await dlq.list(limit=count + 5)
         assert page.total == count and len(page.entries) == count
-        assert sorted(int(e.id.rsplit("@", 1)[1]) for e in page.entries) == list(range(count))
+        if one_per_partition:
+            partitions = sorted(int(e.id.rsplit("@", 1)[1]) for e in page.entries)
+            assert partitions == list(range(count))
         # newest first across partitions, and paging by cursor sees each entry once
         first = await dlq.list(limit=2)
-        rest = await dlq.list(limit=count, after=first.next_cursor)
-        assert [e.id for e in first.entries + rest.entries] == [e.id for e in page.entries]
+        rest = await dlq.list(limit=count, after=first.next_cursor) if count > 2 else None
+        paged = first.entries + (rest.entries if rest else [])
+        assert [e.id for e in paged] == [e.id for e in page.entries]
         shown = await dlq.get(page.entries[0].id)
         assert shown is not None and shown.payload == '{"n": 1}'
         plain_id = page.entries[0].id.split("@")[0]
@@ -421,3 +435,76 @@ async def test_cluster_idempotent_publish_and_status(
         ) == b"completed"
 
     await wait_for(completed)
+
+
+# -- changing the partition count -------------------------------------------------------------
+
+
+async def _switch_partitions(old: Settings, new: Settings, redis: Any) -> None:
+    """Drain-then-switch from ``old`` to ``new`` with delayed tasks, dead letters and an
+    idempotency key left in the old layout; the CLI refuses while an entry is still queued."""
+    producer = Producer.from_settings(old)
+    delayed = await producer.publish_many(
+        [
+            TaskSpec(task_type="noop", payload={}, delay=1.5, partition_key=f"k{n}")
+            for n in range(30)
+        ]
+    )
+    visit = await producer.publish("noop", {}, delay=1.5, idempotency_key="visit-9")
+    await _dead_letter_everywhere(old, redis)
+    straggler = await producer.publish("noop", {})
+    await producer.aclose()
+
+    env = worker_env(old, STREAM_PARTITIONS=str(new.stream_partitions))
+    if old.redis_cluster:
+        env["REDIS_CLUSTER"] = "true"
+    command = [sys.executable, "-m", "streamworker", "partitions", "migrate"]
+    command += ["--from", str(old.stream_partitions)]
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    assert refused.returncode == 1
+    assert "still hold queued or pending entries" in refused.stderr
+    assert "_priority_tasks (1)" in refused.stderr  # names the stream, and how many
+    old_keys = old.keyspace()
+    assert sum([int(await redis.zcard(f.delayed)) for f in old_keys.families]) == 31
+
+    ran: list[str] = []
+    async with running_worker(old, _recording_registry(ran)):  # the drain
+        await wait_for(lambda: ran == [straggler])
+    done = subprocess.run(
+        [*command, "--json"], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    report = msgspec.json.decode(done.stdout)
+    # what already sits where the new layout wants it (a partition whose tag is unchanged)
+    # stays and is not counted
+    new_keys = new.keyspace()
+    moved_all = not set(old_keys.families) & set(new_keys.families)
+    assert report["delayed"] == 31 if moved_all else 0 < report["delayed"] <= 31
+    assert 0 < report["dead_letters"] <= old_keys.partitions
+    assert report["idempotency_keys"] <= 1
+
+    kept = {f.delayed for f in new_keys.families}
+    left = [await redis.zcard(f.delayed) for f in old_keys.families if f.delayed not in kept]
+    assert sum(left) == 0
+    assert sum([int(await redis.zcard(f.delayed)) for f in new_keys.families]) == 31
+    producer = Producer.from_settings(new)
+    assert await producer.publish("noop", {}, delay=1.5, idempotency_key="visit-9") == visit
+    await producer.aclose()
+    ran.clear()
+    async with running_worker(new, _recording_registry(ran)):
+        await wait_for(lambda: len(ran) == 31)
+    assert sorted(ran) == sorted([*delayed, visit])
+    await _replay_all_and_run(new, redis, old_keys.partitions, one_per_partition=False)
+
+
+async def test_switch_one_node_from_one_partition_to_three(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    await _switch_partitions(settings, settings.with_overrides(stream_partitions=3), redis)
+
+
+async def test_switch_cluster_from_six_partitions_to_four(
+    cluster_settings: Settings, cluster_redis: Any
+) -> None:
+    new = cluster_settings.with_overrides(stream_partitions=4)
+    await _switch_partitions(cluster_settings, new, cluster_redis)

@@ -52,6 +52,18 @@ class SubmitRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=86400)] | None = None
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     correlation_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    partition_key: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1,
+                max_length=200,
+                description="Tasks with the same key go to the same partition and are read in "
+                "submit order (README 'Scaling out'); never stored or logged",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class SubmitResponse(msgspec.Struct, kw_only=True):

@@ -43,7 +43,7 @@ def run_async(fn: Callable[[], Any]) -> Any:
 
 def _register() -> None:
     # Each module adds its commands to ``app``.
-    from . import api, dlq, run, schedules, schema, tasks  # noqa: F401
+    from . import api, dlq, partitions, run, schedules, schema, tasks  # noqa: F401
 
 
 def main() -> None:

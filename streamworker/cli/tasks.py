@@ -35,6 +35,10 @@ def publish(
     max_retries: Annotated[int | None, typer.Option("--max-retries")] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", help="Handler timeout (s).")] = None,
     correlation_id: Annotated[str | None, typer.Option("--correlation-id")] = None,
+    partition_key: Annotated[
+        str | None,
+        typer.Option("--partition-key", help="Same key, same partition: read in publish order."),
+    ] = None,
 ) -> None:
     """Publish one task and print its task_id."""
     settings = load_settings()
@@ -72,6 +76,7 @@ def publish(
                 timeout_seconds=timeout,
                 idempotency_key=idempotency_key,
                 correlation_id=correlation_id,
+                partition_key=partition_key,
             )
         finally:
             await producer.aclose()

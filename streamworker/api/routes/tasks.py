@@ -78,6 +78,7 @@ async def submit_task(
         idempotency_key=key,
         correlation_id=data.correlation_id,
         task_id=task_id,
+        partition_key=data.partition_key,
     )
     due = data.scheduled_for.timestamp() if data.scheduled_for is not None else now
     if published == task_id:
