@@ -877,3 +877,14 @@ def test_notes_warn_about_scale_to_zero_on_lag() -> None:
 def test_yaml_is_yamllint_clean() -> None:
     result = run(_tool("yamllint"), "--strict", ".")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "partitioning", ["config.STREAM_PARTITIONS=6", "config.REDIS_CLUSTER=true"]
+)
+def test_keda_refuses_partitioned_streams(partitioning: str) -> None:
+    sets = ["worker.autoscaling.enabled=true", "worker.autoscaling.keda.redis.address=r:6379"]
+    error = render_error(sets=[*sets, partitioning], api_versions=["keda.sh/v1alpha1"])
+    assert "worker.autoscaling.engine=hpa" in error
+    hpa = render(sets=[*sets, partitioning, "worker.autoscaling.engine=hpa"])
+    assert by_kind(hpa, "HorizontalPodAutoscaler")
