@@ -280,11 +280,13 @@ class Broker:
         keys: list[str] = []
         rows: list[list[str]] = []
         gated: list[Delivery] = []
+        task_ids: list[str] = []
         for delivery in deliveries:
             raw_id = delivery.task_id_field
             if not raw_id:
                 continue  # no task_id: never published through us, so it cannot be cancelled
             task_id = raw_id.decode(errors="replace")
+            task_ids.append(task_id)
             keys.append(self.keys.cancelled(task_id))
             keys.append(self.keys.status(task_id))
             rows.append(self._running_row(delivery, task_id, started_at))
@@ -292,15 +294,26 @@ class Broker:
         if not gated:
             return 0
         if self.keys.cluster:
-            # A task's marker and status share its id as hash tag, but tasks spread over
-            # slots: one script call per task, pipelined (one round trip per node).
+            # One call per partition tag the tasks' keys carry (a script stays in one slot);
+            # ids from our producer carry their stream's partition, so usually one call.
+            groups: dict[int, list[int]] = {}
+            for i, task_id in enumerate(task_ids):
+                groups.setdefault(self.keys.status_partition(task_id), []).append(i)
+            order = [i for members in groups.values() for i in members]
+
             def build(pipe: Any) -> None:
-                for i, row in enumerate(rows):
+                for members in groups.values():
                     self._evalsha(
-                        pipe, "begin_batch", keys[2 * i : 2 * i + 2], [_msgpack.encode([row])]
+                        pipe,
+                        "begin_batch",
+                        [k for i in members for k in keys[2 * i : 2 * i + 2]],
+                        [_msgpack.encode([rows[i] for i in members])],
                     )
 
-            flags = [result[0] for result in await self._run_pipeline(build)]
+            replies = await self._run_pipeline(build)
+            flags = [0] * len(gated)
+            for i, flag in zip(order, (f for reply in replies for f in reply), strict=True):
+                flags[i] = flag
         else:
             flags = await self._eval("begin_batch", keys, [_msgpack.encode(rows)])
         cancelled = 0
@@ -558,14 +571,12 @@ class Broker:
         status_row: Sequence[str] = (),
     ) -> tuple[str, bool]:
         """Publish unless the key was used; the first status (when given) is written by the
-        same script, so it can never land after the worker's own writes. On Redis Cluster the
-        status hash lives in another slot: the caller writes it after, with
-        :meth:`StatusStore.write_first_if_absent`."""
+        same script, so it can never land after the worker's own writes. On Redis Cluster, a
+        task id whose status lives in another slot than ``family`` gets no ``status_row``
+        here: the caller writes it after, with :meth:`StatusStore.write_first_if_absent`."""
         keys = [self.keys.idempotency(idempotency_key, family.partition), family.stream]
         keys.append(family.delayed)
-        if self.keys.cluster:
-            status_row = ()
-        else:
+        if status_row:
             keys.append(self.keys.status(task_id))
         reply = await self._eval(
             "publish_once",

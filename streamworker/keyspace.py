@@ -10,9 +10,11 @@ e.g. ``{p3}high_priority_tasks``, ``{p3}high_priority_tasks:delayed``, ``{p3}fai
 so a partition lives in one slot and the partitions spread over the cluster's shards. With
 N = 1 on a single node the names are exactly the contract's (``high_priority_tasks``, …).
 
-On Redis Cluster the keys of one task (status hash, cancel marker) share the task id as their
-hash tag, and the scheduler's keys share ``{scheduler}``, for the scripts that touch them
-together.
+On Redis Cluster the keys of one task (status hash, cancel marker) carry the tag of the
+partition its id hashes to (:meth:`Keyspace.status_partition`), so a lookup needs only the id,
+and the producer picks ids that hash to the task's own partition: then a task's status lives
+in its stream's slot, and a batch's status writes are one script per partition. The
+scheduler's keys share ``{scheduler}``.
 """
 
 from __future__ import annotations
@@ -159,9 +161,21 @@ class Keyspace:
         """One dead-letter stream per partition, in partition order."""
         return tuple(self._families[p].dead_letters for p in range(self.partitions))
 
+    def status_partition(self, task_id: str) -> int:
+        """The partition whose hash tag a task's own keys carry on a cluster."""
+        return self.partition_for(task_id)
+
     def _task_key(self, name: str, task_id: str) -> str:
-        # On a cluster the task id is the hash tag, so a task's keys share one slot.
-        return self._key(f"{name}:{{{task_id}}}" if self.cluster else f"{name}:{task_id}")
+        if not self.cluster:
+            return self._key(f"{name}:{task_id}")
+        tag = partition_tag(self.status_partition(task_id), self.partitions)
+        return f"{self.prefix}{{{tag}}}{name}:{task_id}"
+
+    def task_key_pattern(self, name: str) -> str:
+        """A SCAN pattern for every ``name`` key of a task (``task`` for the status hashes);
+        the prefix is escaped."""
+        prefix = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.prefix)
+        return f"{prefix}{{*}}{name}:*" if self.cluster else f"{prefix}{name}:*"
 
     def status(self, task_id: str) -> str:
         return self._task_key("task", task_id)

@@ -10,7 +10,6 @@ through ``ctx.maintenance``, never a Redis client of their own).
 
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter
 from typing import Any
@@ -22,8 +21,6 @@ from .keyspace import Keyspace
 from .status import TERMINAL_STATES
 
 __all__ = ["DeadLetterSummary", "Maintenance", "StatusSummary"]
-
-_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
 class StatusSummary(msgspec.Struct, kw_only=True):
@@ -59,8 +56,8 @@ class Maintenance:
         self._ttl = completed_ttl_seconds
 
     async def status_summary(self, *, repair: bool = True, batch: int = 500) -> StatusSummary:
-        # The prefix is the operator's: escape it so a '*' in it is not a wildcard.
-        pattern = _GLOB_SPECIAL.sub(r"\\\1", self._keys.status("")) + "*"
+        # The prefix is the operator's: it is escaped so a '*' in it is not a wildcard.
+        pattern = self._keys.task_key_pattern("task")
         by_state: Counter[str] = Counter()
         scanned = expiring = soon = without_ttl = repaired = 0
         keys: list[bytes] = []

@@ -14,7 +14,8 @@ task before an older one; so the switch is done on a drained system:
 (queued or pending: the drain is not finished, and moving those could reorder a key). What a
 drained system still holds in the old layout is moved, each to its partition in the new one:
 delayed tasks, dead letters (their ``source_stream`` is rewritten to the new stream, so they
-can be replayed) and idempotency keys (with their remaining time to live). Each item is
+can be replayed), idempotency keys (with their remaining time to live) and, on Redis Cluster,
+task statuses and cancel markers (their hash tag follows the count too). Each item is
 written to its new place before it is removed from the old one, so a crash or a repeat of the
 command duplicates at most one item and loses none. Old streams are deleted once empty.
 """
@@ -45,6 +46,7 @@ class MigrationReport(msgspec.Struct, kw_only=True):
     delayed: int = 0
     dead_letters: int = 0
     idempotency_keys: int = 0
+    task_keys: int = 0  # status hashes and cancel markers (Redis Cluster only)
     streams_deleted: int = 0
     dry_run: bool = False
 
@@ -100,6 +102,9 @@ class Migration:
         for stream in self._old.dead_letter_streams:
             report.dead_letters += await self._move_dead_letters(stream, dry_run)
         report.idempotency_keys = await self._move_idempotency_keys(dry_run)
+        if self._new.cluster:
+            for name in ("task", "cancelled"):
+                report.task_keys += await self._move_task_keys(name, dry_run)
         if not dry_run:
             for family in self._old.families:
                 if family.stream not in {f.stream for f in self._new.families}:
@@ -180,6 +185,30 @@ class Migration:
             return self._new.dead_letter_streams[new_partition], dict(fields)
         target = self._new.family(family.priority, new_partition)
         return target.dead_letters, {**fields, b"source_stream": target.stream.encode()}
+
+    async def _move_task_keys(self, name: str, dry_run: bool) -> int:
+        """On a cluster a task's keys carry the tag of the partition its id hashes to, which
+        depends on the count: copy each (DUMP/RESTORE keeps type, content and expiry)."""
+        moved = 0
+        start = len(self._new.prefix)
+        async for raw in self._redis.scan_iter(match=self._new.task_key_pattern(name)):
+            key = raw.decode(errors="replace")
+            task_id = key[start:].partition("}")[2][len(name) + 1 :]
+            target = (self._new.status if name == "task" else self._new.cancelled)(task_id)
+            if target == key:
+                continue
+            moved += 1
+            if dry_run:
+                continue
+            dumped, ttl_ms = await self._redis.dump(raw), await self._redis.pttl(raw)
+            if dumped is not None:
+                try:
+                    await self._redis.restore(target, max(int(ttl_ms), 0), dumped)
+                except aioredis.ResponseError as exc:
+                    if "BUSYKEY" not in str(exc):  # already copied by an earlier run
+                        raise
+            await self._redis.delete(raw)
+        return moved
 
     async def _move_idempotency_keys(self, dry_run: bool) -> int:
         moved = 0

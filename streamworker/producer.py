@@ -52,7 +52,9 @@ class TaskSpec(msgspec.Struct, kw_only=True):
 
 
 class _Prepared:
-    __slots__ = ("due_ms", "family", "fields", "scheduled_for", "spec", "state", "task_id")
+    __slots__ = (
+        "colocated", "due_ms", "family", "fields", "scheduled_for", "spec", "state", "task_id",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -71,6 +73,8 @@ class _Prepared:
         self.due_ms = due_ms
         self.state = state
         self.scheduled_for = scheduled_for
+        #: The status hash is in the stream's slot (always, off a cluster).
+        self.colocated = True
 
     def first_status(self) -> tuple[str, list[str]]:
         """The status hash written with the publish, as the flat list ``write_new`` takes."""
@@ -190,10 +194,7 @@ class Producer:
         now = time.time()
         created_at = format_time(now)  # one clock reading for the batch: cheaper, same order
         ids = new_task_ids(len(items))
-        prepared = [
-            self._prepare(spec, now, created_at, spec.task_id or ids[i])
-            for i, spec in enumerate(items)
-        ]
+        prepared = [self._prepare(spec, now, created_at, ids[i]) for i, spec in enumerate(items)]
         if not self._hooks:
             return await self._write(prepared)
         tokens = [self._before_publish(p) for p in prepared]
@@ -238,7 +239,7 @@ class Producer:
             raise InvalidTask("payload is not valid UTF-8") from None
         return raw
 
-    def _prepare(self, spec: TaskSpec, now: float, created_at: str, task_id: str) -> _Prepared:
+    def _prepare(self, spec: TaskSpec, now: float, created_at: str, new_id: str) -> _Prepared:
         task_type = spec.task_type
         if task_type not in self._checked_types:
             if not task_type or any(c.isspace() for c in task_type):
@@ -251,7 +252,13 @@ class Producer:
             except ValueError as exc:
                 raise InvalidTask(str(exc)) from None
             raise InvalidTask(f"unknown priority {spec.priority!r}")  # pragma: no cover
-        family = partitions[self._partition(spec)]
+        partition = self._partition(spec)
+        family = partitions[partition]
+        task_id = spec.task_id or new_id
+        if self.keys.cluster and spec.task_id is None:
+            # An id whose keys carry this partition's tag: the status lives with the stream.
+            while self.keys.status_partition(task_id) != partition:
+                task_id = new_task_ids(1)[0]
         payload = self.validate_payload(task_type, spec.payload)
         try:
             # The batch script hands entries to Redis as MessagePack *str* values (its cmsgpack
@@ -286,7 +293,7 @@ class Producer:
         if spec.correlation_id:
             fields["correlation_id"] = spec.correlation_id
         parked = due is not None and due > now
-        return _Prepared(
+        prepared = _Prepared(
             spec,
             task_id,
             family,
@@ -295,6 +302,9 @@ class Producer:
             "scheduled" if parked else "queued",
             scheduled,
         )
+        if self.keys.cluster:
+            prepared.colocated = self.keys.status_partition(task_id) == partition
+        return prepared
 
     def _partition(self, spec: TaskSpec) -> int:
         count = self.keys.partitions
@@ -307,6 +317,8 @@ class Producer:
         if spec.idempotency_key:
             # The idempotency key lives in the partition: the same key must find it again.
             return self.keys.partition_for(spec.idempotency_key)
+        if spec.task_id:
+            return self.keys.status_partition(spec.task_id)  # where its status lives
         self._turn = (self._turn + 1) % count
         return self._turn
 
@@ -345,23 +357,22 @@ class Producer:
                 parked.append(p)
             else:
                 batches.setdefault(p.family, []).append(list(chain.from_iterable(p.fields.items())))
-        # On Redis Cluster the status hashes live on other nodes than the streams, and a
-        # pipeline has no order across nodes: the statuses go first, in their own round trip,
-        # so a worker can never find a task whose first status is still to come.
-        status_first = self.status.enabled and self.keys.cluster
-        if plain and status_first:
-            await self._broker.run_pipeline(
-                lambda pipe: self.status.write_new(pipe, [p.first_status() for p in plain])
-            )
+        # The first statuses are queued before the entries, so a worker can never find a task
+        # whose first status is still to come: in one pipeline where a status is in its
+        # stream's slot (one connection, in order), else first, in a round trip of their own
+        # (a cluster pipeline has no order across nodes).
+        apart = [p.first_status() for p in plain if not p.colocated]
+        if apart and self.status.enabled:
+            await self._broker.run_pipeline(lambda pipe: self.status.write_new(pipe, apart))
         if plain:
 
             def build(pipe: Any) -> None:
+                if self.status.enabled:
+                    self.status.write_new(pipe, [p.first_status() for p in plain if p.colocated])
                 for family, entries in batches.items():
                     self._broker.queue_publish_batch(pipe, family, encode_entries(entries))
                 for p in parked:
                     pipe.zadd(p.family.delayed, {pack_fields(p.fields): p.due_ms})
-                if self.status.enabled and not status_first:
-                    self.status.write_new(pipe, [p.first_status() for p in plain])
 
             await self._broker.run_pipeline(build)
         for i, p in enumerate(prepared):
@@ -374,10 +385,10 @@ class Producer:
                 self._idempotency_ttl,
                 p.due_ms,
                 pack_fields(p.fields),
-                p.first_status()[1] if self.status.enabled else (),
+                p.first_status()[1] if self.status.enabled and p.colocated else (),
             )
             ids[i] = task_id
-            if fresh and status_first:
+            if fresh and self.status.enabled and not p.colocated:
                 await self._write_first_status(task_id, p.first_status()[1])
         return ids
 

@@ -21,8 +21,9 @@ TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 
 # Many status writes in one call: per key, HSET then EXPIRE (terminal state) or PERSIST, exactly
 # what ``write`` queues as two commands, for one reply per batch instead of two per task. The
-# keys are passed as KEYS, never built inside the script. On Redis Cluster these hashes spread
-# over slots, so there the same writes go as plain commands (one pipeline, one trip per node).
+# keys are passed as KEYS, never built inside the script. On Redis Cluster a script may only
+# touch one slot: there the batch is split by the partition tag the keys carry (one call per
+# partition; for a worker's batch usually just one).
 # KEYS: status hashes. ARGV[1]: ttl of terminal states (s). ARGV[2]: MessagePack array with,
 # per key, {1 if terminal else 0, field, value, ...} (strings).
 _WRITE_MANY_SCRIPT = """
@@ -84,15 +85,8 @@ class StatusStore:
         """
         if not self.enabled:
             return
-        if self._keys.cluster:
-            for task_id, state, fields in writes:
-                self.write(pipe, task_id, state, **fields)
-            return
-        status_key = self._keys.status
-        keys: list[str] = []
-        rows: list[list[str | int]] = []
+        records: list[tuple[str, list[str | int]]] = []
         for task_id, state, fields in writes:
-            keys.append(status_key(task_id))
             row: list[str | int] = [
                 1 if state in TERMINAL_STATES else 0,
                 "status", state,
@@ -101,9 +95,23 @@ class StatusStore:
             for name, value in fields.items():
                 if value is not None:
                     row += (name, value if isinstance(value, str) else str(value))
+            records.append((task_id, row))
+        self._queue_rows(pipe, records)
+
+    def _queue_rows(self, pipe: Any, records: Sequence[tuple[str, list[str | int]]]) -> None:
+        """One script call per slot group (just one off a cluster) for ``(task_id, row)``s."""
+        groups: dict[int, tuple[list[str], list[list[str | int]]]] = {}
+        status_key = self._keys.status
+        by_slot = self._keys.status_partition if self._keys.cluster else None
+        for task_id, row in records:
+            keys, rows = groups.setdefault(by_slot(task_id) if by_slot else 0, ([], []))
+            keys.append(status_key(task_id))
             rows.append(row)
-        if keys:
-            pipe.eval(_WRITE_MANY_SCRIPT, len(keys), *keys, self._ttl, _rows_encoder.encode(rows))
+        for keys, rows in groups.values():
+            # execute_command: redis-py's cluster pipeline refuses the eval method, not EVAL
+            pipe.execute_command(
+                "EVAL", _WRITE_MANY_SCRIPT, len(keys), *keys, self._ttl, _rows_encoder.encode(rows)
+            )
 
     def write_new(self, pipe: Any, records: Sequence[tuple[str, list[str]]]) -> None:
         """Queue the first state of many new tasks as one script call on ``pipe``.
@@ -113,16 +121,7 @@ class StatusStore:
         """
         if not self.enabled or not records:
             return
-        status_key = self._keys.status
-        if self._keys.cluster:
-            for task_id, row in records:
-                it = iter(row)
-                pipe.hset(status_key(task_id), mapping=dict(zip(it, it, strict=True)))
-                pipe.persist(status_key(task_id))
-            return
-        keys = [status_key(task_id) for task_id, _ in records]
-        rows = [[0, *row] for _, row in records]
-        pipe.eval(_WRITE_MANY_SCRIPT, len(keys), *keys, self._ttl, _rows_encoder.encode(rows))
+        self._queue_rows(pipe, [(task_id, [0, *row]) for task_id, row in records])
 
     def write_first_if_absent(self, pipe: Any, task_id: str, row: Sequence[str]) -> None:
         """Queue the first status of a task already published (Redis Cluster, where it cannot

@@ -12,6 +12,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -29,6 +30,7 @@ from streamworker.keyspace import PRIORITIES, Keyspace, partition_tag
 from streamworker.producer import TaskSpec
 from streamworker.settings import ConfigError
 from streamworker.stats import collect_stats
+from streamworker.status import StatusStore
 from tests.conftest import (
     WorkerProcess,
     running_worker,
@@ -419,20 +421,35 @@ async def test_cluster_idempotent_publish_and_status(
 ) -> None:
     settings = cluster_settings
     producer = Producer.from_settings(settings)
+    keys = settings.keyspace()
     first = await producer.publish("noop", {}, idempotency_key="visit-1")
     again = await producer.publish("noop", {}, idempotency_key="visit-1")
-    await producer.aclose()
     assert first == again
-    status = await cluster_redis.hgetall(settings.keyspace().status(first))
-    assert status[b"status"] == b"queued"
+    # ids the producer makes put a task's status in its stream's slot ...
+    plain = await producer.publish_many([TaskSpec(task_type="noop", payload={})] * 20)
+    # ... and a given id with a partition key of its own may not: written apart, still there
+    given = str(uuid.uuid4())
+    apart = await producer.publish("noop", {}, task_id=given, partition_key="elsewhere")
+    apart_once = await producer.publish(
+        "noop", {}, task_id=str(uuid.uuid4()), partition_key="elsewhere", idempotency_key="v-2"
+    )
+    await producer.aclose()
+    assert apart == given
+    for task_id in plain:
+        home = keys.family("normal", keys.status_partition(task_id)).stream
+        assert key_slot(keys.status(task_id).encode()) == key_slot(home.encode())
+        assert int(await cluster_redis.xlen(home)) > 0
+    everything = [first, *plain, apart, apart_once]
+    for task_id in everything:
+        status = await cluster_redis.hgetall(keys.status(task_id))
+        assert status[b"status"] == b"queued", task_id
     ran: list[str] = []
     async with running_worker(settings, _recording_registry(ran)):
-        await wait_for(lambda: len(ran) == 1)
+        await wait_for(lambda: len(ran) == len(everything))
 
     async def completed() -> bool:
-        return (
-            await cluster_redis.hget(settings.keyspace().status(first), "status")
-        ) == b"completed"
+        states = [await cluster_redis.hget(keys.status(t), "status") for t in everything]
+        return states == [b"completed"] * len(everything)
 
     await wait_for(completed)
 
@@ -487,6 +504,9 @@ async def _switch_partitions(old: Settings, new: Settings, redis: Any) -> None:
     left = [await redis.zcard(f.delayed) for f in old_keys.families if f.delayed not in kept]
     assert sum(left) == 0
     assert sum([int(await redis.zcard(f.delayed)) for f in new_keys.families]) == 31
+    # the statuses written before the switch are found with the new layout
+    status = await StatusStore(new_keys, 60).read(redis, straggler)
+    assert status is not None and status.status == "completed"
     producer = Producer.from_settings(new)
     assert await producer.publish("noop", {}, delay=1.5, idempotency_key="visit-9") == visit
     await producer.aclose()

@@ -93,6 +93,7 @@ def migrate(
     verb = "would move" if dry_run else "moved"
     print(
         f"{old} -> {new.partitions} partitions: {verb} {report.delayed} delayed tasks, "
-        f"{report.dead_letters} dead letters, {report.idempotency_keys} idempotency keys; "
+        f"{report.dead_letters} dead letters, {report.idempotency_keys} idempotency keys, "
+        f"{report.task_keys} task statuses and cancel markers; "
         f"deleted {report.streams_deleted} empty old streams"
     )
