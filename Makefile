@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 HELM := $(VENV)/bin/helm
 PYTHON ?= python3
 
-.PHONY: run test lint typecheck unit redis-server promtool clean bench deploy-lint
+.PHONY: run test lint typecheck unit redis-server promtool clean bench bench-cluster deploy-lint
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,10 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 
 bench: $(BENCH_STAMP) redis-server
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Drain on one redis-server vs a local 3-master Redis Cluster (README "Scaling out").
+bench-cluster: $(STAMP) redis-server
+	$(PY) -m bench.cluster $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

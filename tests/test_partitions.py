@@ -528,3 +528,24 @@ async def test_switch_cluster_from_six_partitions_to_four(
 ) -> None:
     new = cluster_settings.with_overrides(stream_partitions=4)
     await _switch_partitions(cluster_settings, new, cluster_redis)
+
+
+async def test_queue_gauges_sum_partitions_and_show_each(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from streamworker.observability.metrics import QueueCollector
+
+    settings = settings.with_overrides(stream_partitions=3)
+    producer = Producer.from_settings(settings)
+    await producer.publish_many([TaskSpec(task_type="noop", payload={}, priority="low")] * 9)
+    await producer.aclose()
+    registry = CollectorRegistry()
+    collector = QueueCollector(redis, settings.keyspace(), settings.group)
+    registry.register(collector)
+    await collector.refresh()
+    text = generate_latest(registry).decode()
+    assert 'task_queue_size{priority="low"} 9.0' in text
+    for partition in range(3):
+        assert f'task_queue_partition_size{{partition="{partition}",priority="low"}} 3.0' in text

@@ -261,7 +261,17 @@ class QueueCollector(Collector):
             consumers.add_metric(labels, p.consumers)
             delayed.add_metric(labels, p.delayed)
         dead.add_metric([], stats.dead_letters)
-        return [*families, size, pending, lag, length, oldest, consumers, delayed, dead]
+        families += [size, pending, lag, length, oldest, consumers, delayed, dead]
+        if stats.partitions:  # STREAM_PARTITIONS > 1: the backlog of each partition too
+            per_partition = GaugeMetricFamily(
+                "task_queue_partition_size",
+                "Backlog (lag + pending) of one partition of a priority.",
+                labels=["priority", "partition"],
+            )
+            for p in stats.partitions:
+                per_partition.add_metric([p.priority, str(p.partition)], p.backlog)
+            families.append(per_partition)
+        return families
 
 
 class WorkerState(Protocol):
