@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=30_000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per row; the median is kept")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     results: list[dict[str, Any]] = []
@@ -132,11 +133,19 @@ def main(argv: list[str] | None = None) -> int:
                     stream_partitions=partitions,
                     prefix=f"b{len(results)}:",
                 )
-                row = {"layout": label, "processes": processes}
-                row |= run_one(settings, processes, args.tasks, args.concurrency)
+                runs = []
+                for n in range(args.repeat):
+                    settings = settings.with_overrides(prefix=f"b{len(results)}.{n}:")
+                    runs.append(run_one(settings, processes, args.tasks, args.concurrency))
+                runs.sort(key=lambda r: r["tasks_per_second"])
+                row = {"layout": label, "processes": processes, **runs[len(runs) // 2]}
+                row["runs_tasks_per_second"] = [r["tasks_per_second"] for r in runs]
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr)
-    print(f"\n{args.tasks} no-op tasks, WORKER_COUNT {args.concurrency}, {os.cpu_count()} cores")
+    print(
+        f"\n{args.tasks} no-op tasks, WORKER_COUNT {args.concurrency}, {os.cpu_count()} cores, "
+        f"median of {args.repeat} runs"
+    )
     print("| layout | worker processes | tasks/s | drain s | incl. start s | worker CPU µs/task |")
     print("|---|---|---|---|---|---|")
     for r in results:
