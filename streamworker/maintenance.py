@@ -108,35 +108,38 @@ class Maintenance:
         self, *, max_entries: int = 100_000, page: int = 500, now: float | None = None
     ) -> DeadLetterSummary:
         now_ms = (time.time() if now is None else now) * 1000
-        stream = self._keys.dead_letters
+        streams = self._keys.dead_letter_streams  # one per partition
         pipe = self._redis.pipeline(transaction=False)
-        pipe.xlen(stream)
-        pipe.xrange(stream, count=1)
-        pipe.xrevrange(stream, count=1)
-        total, first, last = await pipe.execute()
+        for stream in streams:
+            pipe.xlen(stream)
+            pipe.xrange(stream, count=1)
+            pipe.xrevrange(stream, count=1)
+        replies = await pipe.execute()
+        total = sum(int(n) for n in replies[0::3])
+        firsts = [_entry_ms(r[0][0]) for r in replies[1::3] if r]
+        lasts = [_entry_ms(r[0][0]) for r in replies[2::3] if r]
         by_reason: Counter[str] = Counter()
         by_type: Counter[str] = Counter()
         examined = 0
-        start: str = "-"
-        while examined < max_entries:
-            entries = await self._redis.xrange(
-                stream, min=start, count=min(page, max_entries - examined)
-            )
-            if not entries:
-                break
-            for _, fields in entries:
-                fields = fields or {}
-                by_reason[_text(fields.get(b"dlq_reason", b"unknown"))] += 1
-                by_type[_text(fields.get(b"task_type", b"(none)"))] += 1
-            examined += len(entries)
-            start = "(" + _text(entries[-1][0])  # exclusive: the next page after this id
+        for stream in streams:
+            start: str = "-"
+            while examined < max_entries:
+                entries = await self._redis.xrange(
+                    stream, min=start, count=min(page, max_entries - examined)
+                )
+                if not entries:
+                    break
+                for _, fields in entries:
+                    fields = fields or {}
+                    by_reason[_text(fields.get(b"dlq_reason", b"unknown"))] += 1
+                    by_type[_text(fields.get(b"task_type", b"(none)"))] += 1
+                examined += len(entries)
+                start = "(" + _text(entries[-1][0])  # exclusive: the next page after this id
         return DeadLetterSummary(
-            total=int(total),
+            total=total,
             examined=examined,
-            oldest_age_seconds=round((now_ms - _entry_ms(first[0][0])) / 1000, 3)
-            if first
-            else None,
-            newest_age_seconds=round((now_ms - _entry_ms(last[0][0])) / 1000, 3) if last else None,
+            oldest_age_seconds=round((now_ms - min(firsts)) / 1000, 3) if firsts else None,
+            newest_age_seconds=round((now_ms - max(lasts)) / 1000, 3) if lasts else None,
             by_reason=dict(by_reason.most_common()),
             by_task_type=dict(by_type.most_common(50)),
         )

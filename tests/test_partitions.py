@@ -24,9 +24,11 @@ from redis.exceptions import ResponseError
 
 from streamworker import Producer, Registry, Settings, TaskContext
 from streamworker.broker import connect
+from streamworker.channels import Services
 from streamworker.deadletters import DeadLetters
 from streamworker.embedded import EmbeddedCluster
 from streamworker.keyspace import PRIORITIES, Keyspace, partition_tag
+from streamworker.maintenance import Maintenance
 from streamworker.producer import TaskSpec
 from streamworker.settings import ConfigError
 from streamworker.stats import collect_stats
@@ -220,6 +222,11 @@ async def test_dead_letters_of_every_partition_list_replay_and_purge_as_one(
     await _dead_letter_everywhere(settings, redis)
     stats = await collect_stats(redis, settings.keyspace(), settings.group)
     assert stats.dead_letters == 4
+    # the maintenance summary and the report handlers' counts read every partition too
+    summary = await Maintenance(redis, settings.keyspace(), 60).dead_letter_summary()
+    assert (summary.total, summary.examined) == (4, 4)
+    counts = await Services(settings, redis, settings.keyspace()).dead_letter_counts()
+    assert counts["total"] == 4
     await _replay_all_and_run(settings, redis, 4)
     await _dead_letter_everywhere(settings, redis)
     dlq = DeadLetters.from_settings(settings)

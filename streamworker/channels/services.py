@@ -213,18 +213,19 @@ class Services:
         by reason and by task type; reads at most ``limit`` entries, in pages."""
         by_reason: Counter[str] = Counter()
         by_type: Counter[str] = Counter()
-        cursor = str(start_ms) if start_ms is not None else "-"
         end = str(end_ms) if end_ms is not None else "+"
         seen = 0
-        while seen < limit:
-            page = await self._redis.xrange(self.keys.dead_letters, cursor, end, count=1000)
-            if not page:
-                break
-            for _entry_id, fields in page:
-                by_reason[_text((fields or {}).get(b"dlq_reason"))] += 1
-                by_type[_text((fields or {}).get(b"task_type"))] += 1
-            seen += len(page)
-            cursor = "(" + _text(page[-1][0])
+        for stream in self.keys.dead_letter_streams:  # one per partition
+            cursor = str(start_ms) if start_ms is not None else "-"
+            while seen < limit:
+                page = await self._redis.xrange(stream, cursor, end, count=min(1000, limit - seen))
+                if not page:
+                    break
+                for _entry_id, fields in page:
+                    by_reason[_text((fields or {}).get(b"dlq_reason"))] += 1
+                    by_type[_text((fields or {}).get(b"task_type"))] += 1
+                seen += len(page)
+                cursor = "(" + _text(page[-1][0])
         return {
             "total": sum(by_reason.values()),
             "by_reason": dict(sorted(by_reason.items())),
