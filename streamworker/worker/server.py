@@ -21,7 +21,9 @@ from ..maintenance import Maintenance
 from ..registry import Registry, default_registry
 from ..settings import Settings
 from ..status import StatusStore
+from ..wire import Delivery
 from .acker import Acker
+from .deadlines import Lane, Watchdog
 from .handoff import Handoff
 from .janitor import Janitor
 from .leases import Leases
@@ -66,6 +68,7 @@ class Worker:
         self.concurrency = concurrency or settings.worker_count
         self.slots = Slots(self.concurrency)
         self.acker = Acker(self.broker, capacity=4 * self.concurrency + 64)
+        self.watchdog = Watchdog()  # handler timeouts
         self.promoter = Promoter(self.broker, interval=settings.promote_interval_seconds)
         self.hooks = TaskHooks(hooks)
         self.reader = Reader(
@@ -149,6 +152,7 @@ class Worker:
         handoff = Handoff()
         async with anyio.create_task_group() as services:
             await services.start(self.acker.run)
+            await services.start(self.watchdog.run)
             await services.start(self.promoter.run)
             await services.start(self.leases.run)
             await services.start(self.janitor.run)
@@ -205,21 +209,33 @@ class Worker:
                 feed.close()
 
     async def _run_tasks(self, handoff: Handoff) -> None:
-        while True:
-            try:
-                delivery = await handoff.take()
-            except anyio.EndOfStream:
-                return
-            self.in_flight += 1
-            self.leases.hold(delivery)
-            try:
-                await self.runner.run(delivery)
-            except Exception:
-                # A bug or an unexpected Redis reply: the entry stays pending and will be
-                # reclaimed; the worker itself keeps going.
-                log.exception("runner_error", extra={"entry_id": delivery.entry_id.decode()})
-            finally:
-                self.leases.release(delivery)
-                self.in_flight -= 1
-                self.completed_runs += 1
-                self.slots.give()
+        lane = self.watchdog.lane()
+        try:
+            while True:
+                # One cancel scope for many tasks; the watchdog cancels it when a handler runs
+                # past its timeout, and then the lane goes on in a fresh one (deadlines.py).
+                lane.scope = anyio.CancelScope()
+                with lane.scope:
+                    while not lane.expired:
+                        try:
+                            delivery = await handoff.take()
+                        except anyio.EndOfStream:
+                            return
+                        await self._run_one(delivery, lane)
+        finally:
+            self.watchdog.drop(lane)
+
+    async def _run_one(self, delivery: Delivery, lane: Lane) -> None:
+        self.in_flight += 1
+        self.leases.hold(delivery)
+        try:
+            await self.runner.run(delivery, lane)
+        except Exception:
+            # A bug or an unexpected Redis reply: the entry stays pending and will be
+            # reclaimed; the worker itself keeps going.
+            log.exception("runner_error", extra={"entry_id": delivery.entry_id.decode()})
+        finally:
+            self.leases.release(delivery)
+            self.in_flight -= 1
+            self.completed_runs += 1
+            self.slots.give()
