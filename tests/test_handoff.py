@@ -4,7 +4,9 @@ wake-up meant for work."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from typing import Any
 
 import anyio
 import pytest
@@ -63,7 +65,7 @@ async def test_the_handoff_stays_open_until_every_feed_is_closed() -> None:
         await handoff.take()
 
 
-async def test_a_cancelled_idle_runner_passes_its_wake_up_on() -> None:
+async def test_a_cancelled_idle_runner_never_holds_up_a_delivery() -> None:
     handoff = Handoff()
     feed = handoff.feed()
     got: list[bytes] = []
@@ -89,3 +91,26 @@ async def test_a_cancelled_idle_runner_passes_its_wake_up_on() -> None:
         assert got == [b"7-0"]  # taken by the other runner, not left waiting in the queue
         feed.close()
     assert len(handoff) == 0
+
+
+async def test_a_runner_cancelled_after_its_wake_up_passes_the_wake_up_on() -> None:
+    handoff = Handoff()
+    feed = handoff.feed()
+    got: list[bytes] = []
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def runner() -> None:
+        tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+        with contextlib.suppress(asyncio.CancelledError, anyio.EndOfStream):
+            got.append((await handoff.take()).entry_id)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(runner)
+        await anyio.wait_all_tasks_blocked()
+        await feed.send(delivery(8))  # wakes the first runner...
+        tasks[0].cancel()  # ...which is cancelled (natively) before it runs
+        await anyio.wait_all_tasks_blocked()
+        assert got == [b"8-0"]  # the second runner took it
+        feed.close()

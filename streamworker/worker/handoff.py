@@ -9,10 +9,16 @@ another is waiting takes it without suspending at all.
 
 Closing works like a memory object stream's: once every feed is closed, idle runners get
 ``EndOfStream``; deliveries still queued are run first.
+
+An idle runner waits on a bare asyncio future rather than an ``anyio.Event`` (which wraps an
+``asyncio.Event``, which makes the same future): the worker runs on asyncio anyway (redis-py's
+asyncio client), and the wake-up is on every delivery's path. Cancellation works as with any
+await: anyio cancels the waiting task, which cancels the future.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from types import TracebackType
 
@@ -26,7 +32,7 @@ __all__ = ["Feed", "Handoff"]
 class Handoff:
     def __init__(self) -> None:
         self._queue: deque[Delivery] = deque()
-        self._idle: deque[anyio.Event] = deque()  # one per runner waiting for work
+        self._idle: deque[asyncio.Future[None]] = deque()  # one per runner waiting for work
         self._open_feeds = 0
         self._closed = False
 
@@ -44,8 +50,7 @@ class Handoff:
         if self._closed:
             raise anyio.ClosedResourceError
         self._queue.append(delivery)
-        if self._idle:
-            self._idle.popleft().set()
+        self._wake_one()
 
     async def take(self) -> Delivery:
         """The next delivery; waits while there is none. ``EndOfStream`` once closed and
@@ -55,27 +60,33 @@ class Handoff:
                 return self._queue.popleft()
             if self._closed:
                 raise anyio.EndOfStream
-            wake = anyio.Event()
+            wake = asyncio.get_running_loop().create_future()
             self._idle.append(wake)
             try:
-                await wake.wait()
+                await wake
             except BaseException:
-                if wake.is_set():
+                if wake.done() and not wake.cancelled():
                     self._wake_one()  # the wake-up was meant for work: pass it on
-                else:
+                elif wake in self._idle:
                     self._idle.remove(wake)
                 raise
 
     def _wake_one(self) -> None:
-        if self._idle and (self._queue or self._closed):
-            self._idle.popleft().set()
+        idle = self._idle
+        while idle and (self._queue or self._closed):
+            wake = idle.popleft()
+            if not wake.done():  # a cancelled runner's future is done already: skip it
+                wake.set_result(None)
+                return
 
     def _feed_closed(self) -> None:
         self._open_feeds -= 1
         if self._open_feeds == 0:
             self._closed = True
             while self._idle:
-                self._idle.popleft().set()
+                wake = self._idle.popleft()
+                if not wake.done():
+                    wake.set_result(None)
 
 
 class Feed:
