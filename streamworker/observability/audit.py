@@ -51,7 +51,6 @@ Event = tuple[
 ]
 
 _json = msgspec.json.Encoder()
-_msgpack = msgspec.msgpack.Encoder()
 
 
 class _StartedDocument(msgspec.Struct):
@@ -275,8 +274,9 @@ class _Sink:
 class StreamSink(_Sink):
     """Appends batches to the bounded audit stream: one entry per event, whose ``event``
     field is the event's JSON document, written by one script call per batch. The documents
-    travel as one MessagePack argument: redis-py packs each argument in Python, which cost
-    more than the encoding itself."""
+    are encoded in one call as newline-delimited JSON and travel as one argument (JSON text
+    never holds a raw newline): redis-py packs each argument in Python, which cost more than
+    the encoding itself."""
 
     name = "stream"
 
@@ -290,10 +290,9 @@ class StreamSink(_Sink):
         self._append = redis.register_script(source)  # reloads itself after NOSCRIPT
 
     async def _send(self, batch: list[Event]) -> bool:
-        service, consumer, encode = self._service, self._consumer, _json.encode
-        # As text: the MessagePack of Redis 7.0's Lua has no binary type.
-        documents = [encode(event_document(e, service, consumer)).decode() for e in batch]
-        await self._append(keys=[self._stream], args=[self._maxlen, _msgpack.encode(documents)])
+        service, consumer = self._service, self._consumer
+        lines = _json.encode_lines([event_document(e, service, consumer) for e in batch])
+        await self._append(keys=[self._stream], args=[self._maxlen, lines])
         return True
 
 

@@ -3,10 +3,12 @@
 -- encoding its document (a pipeline of XADDs, or one argument per event, costs far more per
 -- event in redis-py), off the task hot path anyway.
 -- KEYS:  audit stream
--- ARGV:  approximate max length, MessagePack array of JSON documents (strings), one per event
+-- ARGV:  approximate max length, the events' JSON documents as newline-delimited JSON (one
+--        document per line; JSON text never holds a raw newline)
 -- Returns the number of events appended.
-local documents = cmsgpack.unpack(ARGV[2])
-for i = 1, #documents do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', documents[i])
+local count = 0
+for document in string.gmatch(ARGV[2], '[^\n]+') do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', document)
+  count = count + 1
 end
-return #documents
+return count
