@@ -423,6 +423,8 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {_num(m.get('redis_us_per_task'), 1)} |" + " - |" * 7
             )
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
+    if report.get("skipped"):
+        lines += ["", "Skipped:"] + [f"- {k}: {v}" for k, v in report["skipped"].items()]
     if report["errors"]:
         lines += ["", "Errors:"] + [f"- {e}" for e in report["errors"]]
     return "\n".join(lines) + "\n"
@@ -482,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {p: {} for p in peers}
     errors: list[str] = []
+    notes: dict[str, str] = {}
     with EmbeddedRedis() as server:
         bench = Bench(server, sizes, log_dir)
         bench.profile = args.profile
@@ -529,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     if label.endswith("p") and peer not in MULTI_PROCESS_PEERS:
                         continue
+                    skip = getattr(load(peer), "SKIP", {}).get(label)
+                    if skip:
+                        notes[f"{label} {peer}"] = skip
+                        continue
                     started = time.monotonic()
                     try:
                         result = fn(peer)
@@ -542,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     report["runs"] = runs
     report["medians"] = {p: {k: _median(v) for k, v in runs[p].items()} for p in peers}
     report["errors"] = errors
+    report["skipped"] = notes
     table = markdown(report)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for name in ("latest", stamp):
