@@ -19,6 +19,9 @@ Workloads (counts for the full run; ``--quick`` shrinks them and does one repeti
 
 Concurrency (WORKER_COUNT for streamworker, max_jobs/concurrency/threads for the peers) is 64
 for A, C and E, so a no-op drain is limited by the per-task cost, not by slots.
+
+``--processes 1,2`` (the default) also drains A with 2 streamworker worker processes side by side
+(each with WORKER_COUNT 64): tasks/s of both together, worker CPU µs/task summed over both.
 """
 
 from __future__ import annotations
@@ -41,12 +44,14 @@ from typing import Any
 import redis
 
 from bench.peers import ORDER, load
-from bench.probe import RESULT_KEY, WARM_KEY, rss_bytes
+from bench.probe import ARRIVED_KEY, GO_KEY, PROGRESS_KEY, RESULT_KEY, WARM_KEY, rss_bytes
 from streamworker.embedded import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DRAIN_CONCURRENCY = 64
+#: Systems whose drain (A) is also run with several worker processes (``--processes``).
+MULTI_PROCESS_PEERS = frozenset({"streamworker"})
 
 FULL = {"A": 20_000, "B": 20_000, "C_rate": 1000, "C_seconds": 10, "D": 5_000, "E": 200_000}
 QUICK = {"A": 3_000, "B": 3_000, "C_rate": 300, "C_seconds": 3, "D": 1_000, "E": 20_000}
@@ -83,7 +88,13 @@ class Bench:
         return result
 
     def start_worker(
-        self, peer: str, concurrency: int, expected: int, warmup: int, label: str
+        self,
+        peer: str,
+        concurrency: int,
+        expected: int,
+        warmup: int,
+        label: str,
+        extra: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         argv, extra_env = load(peer).worker_argv(sys.executable, concurrency)
         if argv[1] == "-m":
@@ -109,6 +120,7 @@ class Bench:
             "BENCH_CONCURRENCY": str(concurrency),
             "BENCH_EXPECTED": str(expected),
             "BENCH_WARMUP": str(warmup),
+            **(extra or {}),
         }
         log = open(self.log_dir / f"{peer}-{label}.log", "ab")  # noqa: SIM115 - owned by the child
         return subprocess.Popen(
@@ -169,6 +181,53 @@ class Bench:
             "tasks_per_s": n / result["seconds"],
             "worker_us_per_task": 1e6 * result["cpu_seconds"] / n,
             "redis_us_per_task": 1e6 * (cpu1 - cpu0) / n,
+        }
+
+    def drain_processes(self, peer: str, processes: int) -> dict[str, Any]:
+        """A with several worker processes: each blocks in its first task until all have
+        one (``bench:go``), then reports progress; see bench/probe.py."""
+        n = self.sizes["A"]
+        self.fresh()
+        self._prepublish(peer, n)
+        procs = [
+            self.start_worker(
+                peer, DRAIN_CONCURRENCY, 0, 0, f"A{processes}p", {"BENCH_SHARED": "1"}
+            )
+            for _ in range(processes)
+        ]
+        try:
+            deadline = time.monotonic() + 120
+            while int(self.client.scard(ARRIVED_KEY)) < processes:
+                for proc in procs:
+                    if proc.poll() is not None:
+                        raise RunError(f"worker exited with {proc.returncode}")
+                if time.monotonic() > deadline:
+                    raise RunError(f"only {self.client.scard(ARRIVED_KEY)} processes started")
+                time.sleep(0.01)
+            cpu0 = self.redis_cpu()
+            self.client.set(GO_KEY, "1")
+            deadline = time.monotonic() + 60 + n / 10
+            while True:
+                records = [json.loads(v) for v in self.client.hgetall(PROGRESS_KEY).values()]
+                if sum(r["done"] for r in records) >= n:
+                    break
+                for proc in procs:
+                    if proc.poll() is not None:
+                        raise RunError(f"worker exited with {proc.returncode}")
+                if time.monotonic() > deadline:
+                    raise RunError(f"timed out after {sum(r['done'] for r in records)} tasks")
+                time.sleep(0.02)
+            cpu1 = self.redis_cpu()
+        finally:
+            for proc in procs:
+                self.stop_worker(proc)
+        seconds = max(r["t_last"] for r in records) - min(r["t_first"] for r in records)
+        return {
+            "processes": processes,
+            "tasks_per_s": n / seconds,
+            "worker_us_per_task": 1e6 * sum(r["cpu_seconds"] for r in records) / n,
+            "redis_us_per_task": 1e6 * (cpu1 - cpu0) / n,
+            "tasks_per_process": sorted(r["done"] for r in records),
         }
 
     def publish_rates(self, peer: str) -> dict[str, Any]:
@@ -353,7 +412,19 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {_num(b.get('many_b1000_tasks_per_s'))} | {lat} "
             f"| {_num(d32.get('tasks_per_s'))} | {_num(d256.get('tasks_per_s'))} | {rss} | {mem} |"
         )
+    for peer in report["peers"]:
+        for label, m in sorted(medians.get(peer, {}).items()):
+            if not (label.startswith("A") and label.endswith("p")):
+                continue
+            count = label[1:-1]
+            lines.append(
+                f"| {peer}, {count} processes | {_num(m.get('tasks_per_s'))} "
+                f"| {_num(m.get('worker_us_per_task'), 1)} (sum) "
+                f"| {_num(m.get('redis_us_per_task'), 1)} |" + " - |" * 7
+            )
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
+    if report.get("skipped"):
+        lines += ["", "Skipped:"] + [f"- {k}: {v}" for k, v in report["skipped"].items()]
     if report["errors"]:
         lines += ["", "Errors:"] + [f"- {e}" for e in report["errors"]]
     return "\n".join(lines) + "\n"
@@ -379,6 +450,13 @@ def main(argv: list[str] | None = None) -> int:
         help="override a count, e.g. --size E=50000 (keys: A B C_rate C_seconds D E)",
     )
     parser.add_argument(
+        "--processes",
+        default="1,2",
+        help="worker process counts for the A drain of "
+        + ", ".join(sorted(MULTI_PROCESS_PEERS))
+        + " (default 1,2: one row each)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="sample the A drain workers with py-spy"
     )
     args = parser.parse_args(argv)
@@ -394,12 +472,19 @@ def main(argv: list[str] | None = None) -> int:
         if key not in sizes or not value.isdigit() or int(value) < 1:
             parser.error(f"--size {item!r}: expected KEY=N with KEY in {', '.join(sizes)}")
         sizes[key] = int(value)
+    try:
+        process_counts = sorted({int(p) for p in args.processes.split(",") if p.strip()})
+    except ValueError:
+        parser.error(f"--processes {args.processes!r}: expected counts such as 1,2")
+    if not process_counts or process_counts[0] < 1:
+        parser.error("--processes: counts must be 1 or more")
     reps = args.repetitions or (1 if args.quick else 3)
     log_dir = RESULTS / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
 
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {p: {} for p in peers}
     errors: list[str] = []
+    notes: dict[str, str] = {}
     with EmbeddedRedis() as server:
         bench = Bench(server, sizes, log_dir)
         bench.profile = args.profile
@@ -409,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
             "repetitions": reps,
             "sizes": sizes,
             "drain_concurrency": DRAIN_CONCURRENCY,
+            "processes": process_counts,
             "machine": machine(),
             "versions": versions(peers, bench.client),
             "peers": peers,
@@ -418,7 +504,17 @@ def main(argv: list[str] | None = None) -> int:
         plan: list[tuple[str, int, Any]] = []
         for w in workloads:
             if w == "A":
-                plan.append(("A", 1 if "A" in once else reps, bench.drain))
+                if 1 in process_counts:
+                    plan.append(("A", 1 if "A" in once else reps, bench.drain))
+                for count in process_counts:
+                    if count > 1:
+                        plan.append(
+                            (
+                                f"A{count}p",
+                                1 if "A" in once else reps,
+                                lambda p, c=count: bench.drain_processes(p, c),
+                            )
+                        )
             elif w == "B":
                 plan.append(("B", 1 if "B" in once else reps, bench.publish_rates))
             elif w == "C":
@@ -434,6 +530,12 @@ def main(argv: list[str] | None = None) -> int:
                 for peer in peers:  # side by side: every system once per repetition
                     if label[0] not in load(peer).WORKLOADS:
                         continue
+                    if label.endswith("p") and peer not in MULTI_PROCESS_PEERS:
+                        continue
+                    skip = getattr(load(peer), "SKIP", {}).get(label)
+                    if skip:
+                        notes[f"{label} {peer}"] = skip
+                        continue
                     started = time.monotonic()
                     try:
                         result = fn(peer)
@@ -447,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     report["runs"] = runs
     report["medians"] = {p: {k: _median(v) for k, v in runs[p].items()} for p in peers}
     report["errors"] = errors
+    report["skipped"] = notes
     table = markdown(report)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for name in ("latest", stamp):

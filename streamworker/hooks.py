@@ -86,10 +86,11 @@ class ProducerHook(Protocol):
 class TaskHooks:
     """Calls every hook in order, isolating the task from a hook's failure."""
 
-    __slots__ = ("_hooks",)
+    __slots__ = ("_hooks", "_reversed")
 
     def __init__(self, hooks: Sequence[TaskHook] = ()) -> None:
         self._hooks = tuple(hooks)
+        self._reversed = self._hooks[::-1]
 
     def __bool__(self) -> bool:
         return bool(self._hooks)
@@ -106,7 +107,7 @@ class TaskHooks:
 
     def after(self, task: Task, tokens: list[Any], end: TaskEnd) -> None:
         # Reverse order: the hook that set context first restores it last.
-        for hook, token in zip(reversed(self._hooks), reversed(tokens), strict=True):
+        for hook, token in zip(self._reversed, reversed(tokens), strict=True):
             try:
                 hook.after(task, token, end)
             except Exception:

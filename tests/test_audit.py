@@ -142,6 +142,40 @@ async def test_audit_stream_is_bounded(settings: Settings, redis: aioredis.Redis
     assert await redis.xlen(stream) < 1000  # MAXLEN ~ 200: trimmed in whole nodes
 
 
+async def test_each_event_is_one_stream_entry_with_its_exact_document(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # The batch travels as newline-delimited JSON: text with newlines, quotes and non-ASCII
+    # characters must come out as one entry per event, unchanged.
+    stream = Keyspace(settings.prefix).audit_events
+    buffer = AuditBuffer("stream", 100)
+    sink = StreamSink(buffer, redis, stream, 1000, service="s", consumer="c")
+    odd = ["line\nbreak", 'quote " and \\', "Zürich ✓", "tab\tand\r"]
+    for i, task_type in enumerate(odd):
+        buffer.put(("background_task_completed", 0.0, f"t{i}", task_type, "high", 2, False,
+                    "retrying", "ValueError", 1.5))  # fmt: skip
+    async with anyio.create_task_group() as tg:
+        await tg.start(sink.run)
+        await wait_for(lambda: buffer.sent == len(odd))
+        tg.cancel_scope.cancel()
+    documents = [json.loads(fields[b"event"]) for _, fields in await redis.xrange(stream)]
+    assert [d["task_type"] for d in documents] == odd
+    assert documents[0] == {
+        "event_type": "background_task_completed",
+        "timestamp": "1970-01-01T00:00:00.000Z",
+        "service": "s",
+        "consumer": "c",
+        "task_id": "t0",
+        "task_type": "line\nbreak",
+        "priority": "high",
+        "attempt": 2,
+        "success": False,
+        "outcome": "retrying",
+        "error_type": "ValueError",
+        "duration_ms": 1.5,
+    }
+
+
 async def test_forwarder_retries_and_never_holds_up_processing(
     settings: Settings, redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:

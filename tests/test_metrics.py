@@ -258,7 +258,6 @@ async def test_metrics_port_in_use_is_a_clear_error(
             await worker.run()
     # The worker never ran: close the acker's queue it made up front.
     worker.acker.close()
-    worker.acker._receive.close()
 
 
 def test_bad_metrics_port_names_the_variable() -> None:

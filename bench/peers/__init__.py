@@ -6,6 +6,8 @@ subprocess, started with the system's own command line where it has one), ``BATC
 it can publish a batch in one call) and ``publisher(url)``: an async context manager with
 ``one(payload)`` and, when ``BATCH``, ``many(payloads)``. Every task runs the same body:
 ``probe.start(payload)``, sleep ``payload["s"]`` seconds if given, ``probe.finish()``.
+Optionally ``SKIP``: run labels (e.g. ``"D256"``) known not to finish, with the reason, which
+the table notes instead of waiting out a timeout on every run.
 """
 
 from __future__ import annotations

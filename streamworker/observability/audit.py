@@ -53,21 +53,36 @@ Event = tuple[
 _json = msgspec.json.Encoder()
 
 
-def event_document(event: Event, service: str, consumer: str) -> dict[str, Any]:
+class _StartedDocument(msgspec.Struct):
+    # Field order is the JSON key order of the documents.
+    event_type: str
+    timestamp: str
+    service: str
+    consumer: str
+    task_id: str
+    task_type: str | None
+    priority: str
+    attempt: int
+
+
+class _CompletedDocument(_StartedDocument):
+    success: bool | None
+    outcome: str | None
+    error_type: str | None
+    duration_ms: float | None
+
+
+def event_document(event: Event, service: str, consumer: str) -> _StartedDocument:
+    """The event's JSON document (a Struct: encodes faster than the equivalent dict)."""
     kind, at, task_id, task_type, priority, attempt, success, outcome, error_type, ms = event
-    doc: dict[str, Any] = {
-        "event_type": kind,
-        "timestamp": format_time(at),
-        "service": service,
-        "consumer": consumer,
-        "task_id": task_id,
-        "task_type": task_type,
-        "priority": priority,
-        "attempt": attempt,
-    }
     if kind == COMPLETED:
-        doc.update(success=success, outcome=outcome, error_type=error_type, duration_ms=ms)
-    return doc
+        return _CompletedDocument(
+            kind, format_time(at), service, consumer, task_id, task_type, priority, attempt,
+            success, outcome, error_type, ms,
+        )  # fmt: skip
+    return _StartedDocument(
+        kind, format_time(at), service, consumer, task_id, task_type, priority, attempt
+    )
 
 
 class AuditBuffer:
@@ -258,7 +273,10 @@ class _Sink:
 
 class StreamSink(_Sink):
     """Appends batches to the bounded audit stream: one entry per event, whose ``event``
-    field is the event's JSON document, written by one script call per batch."""
+    field is the event's JSON document, written by one script call per batch. The documents
+    are encoded in one call as newline-delimited JSON and travel as one argument (JSON text
+    never holds a raw newline): redis-py packs each argument in Python, which cost more than
+    the encoding itself."""
 
     name = "stream"
 
@@ -272,8 +290,9 @@ class StreamSink(_Sink):
         self._append = redis.register_script(source)  # reloads itself after NOSCRIPT
 
     async def _send(self, batch: list[Event]) -> bool:
-        documents = [_json.encode(event_document(e, self._service, self._consumer)) for e in batch]
-        await self._append(keys=[self._stream], args=[self._maxlen, *documents])
+        service, consumer = self._service, self._consumer
+        lines = _json.encode_lines([event_document(e, service, consumer) for e in batch])
+        await self._append(keys=[self._stream], args=[self._maxlen, lines])
         return True
 
 

@@ -27,10 +27,22 @@ __all__ = ["JsonFormatter", "LoggingHook", "configure_logging"]
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
 _encoder = msgspec.json.Encoder()
 
-#: The fields of the task running in this asyncio task (set by LoggingHook.before).
-_task_fields: ContextVar[dict[str, Any] | None] = ContextVar(
-    "streamworker_task_fields", default=None
-)
+#: The task running in this asyncio task and the consumer running it (set by
+#: LoggingHook.before); its log fields are only built when a line is actually written.
+_running: ContextVar[tuple[Task, str] | None] = ContextVar("streamworker_running", default=None)
+
+
+def _task_fields(task: Task, consumer: str) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "task_id": task.task_id,
+        "task_type": task.task_type,
+        "retry_count": task.retry_count,
+        "priority": task.priority,
+        "consumer": consumer,
+    }
+    if task.correlation_id:
+        fields["correlation_id"] = task.correlation_id
+    return fields
 
 
 def _current_trace_ids() -> tuple[str, str] | None:
@@ -62,9 +74,9 @@ class JsonFormatter(logging.Formatter):
         }
         if self._consumer:
             doc["consumer"] = self._consumer
-        task = _task_fields.get()
-        if task:
-            doc.update(task)
+        running = _running.get()
+        if running is not None:
+            doc.update(_task_fields(*running))
         ids = _current_trace_ids()
         if ids is not None:
             doc["trace_id"], doc["span_id"] = ids
@@ -102,16 +114,7 @@ class LoggingHook:
         self._consumer = consumer
 
     def before(self, task: Task, started_at: float, enqueued_at: float) -> Token[Any]:
-        fields: dict[str, Any] = {
-            "task_id": task.task_id,
-            "task_type": task.task_type,
-            "retry_count": task.retry_count,
-            "priority": task.priority,
-            "consumer": self._consumer,
-        }
-        if task.correlation_id:
-            fields["correlation_id"] = task.correlation_id
-        token = _task_fields.set(fields)
+        token = _running.set((task, self._consumer))
         # debug, not info: a log line costs ~25 us of CPU, and at the default level one line
         # per task (task_completed) is the seed's record; task_started doubles it
         if self._log.isEnabledFor(logging.DEBUG):
@@ -122,22 +125,23 @@ class LoggingHook:
 
     def after(self, task: Task, token: Any, end: TaskEnd) -> None:
         try:
-            duration_ms = round(end.duration * 1000, 3)
             if end.outcome is Outcome.COMPLETED:
                 if self._log.isEnabledFor(logging.INFO):
-                    self._log.info("task_completed", extra={"duration_ms": duration_ms})
+                    self._log.info(
+                        "task_completed", extra={"duration_ms": round(end.duration * 1000, 3)}
+                    )
             elif end.outcome is Outcome.DEAD_LETTERED or end.outcome is Outcome.RETRYING:
                 self._log.warning(
                     "task_failed",
                     extra={
-                        "duration_ms": duration_ms,
+                        "duration_ms": round(end.duration * 1000, 3),
                         "outcome": end.outcome.value,
                         "error_type": type(end.error).__name__ if end.error else None,
                     },
                 )
         finally:
             if token is not None:
-                _task_fields.reset(token)
+                _running.reset(token)
 
     def rejected(self, rejected: Rejected, priority: str) -> None:
         pass  # the runner already logs task_dead_lettered with the reason

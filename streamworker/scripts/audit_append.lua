@@ -1,10 +1,14 @@
 -- audit_append: append a batch of audit events to the bounded audit stream in one call.
--- One command for a whole batch keeps the client's cost per event to encoding one argument
--- (a pipeline of XADDs costs far more per event in redis-py), off the task hot path anyway.
+-- One command with one argument for a whole batch keeps the client's cost per event to
+-- encoding its document (a pipeline of XADDs, or one argument per event, costs far more per
+-- event in redis-py), off the task hot path anyway.
 -- KEYS:  audit stream
--- ARGV:  approximate max length, then one JSON document per event
+-- ARGV:  approximate max length, the events' JSON documents as newline-delimited JSON (one
+--        document per line; JSON text never holds a raw newline)
 -- Returns the number of events appended.
-for i = 2, #ARGV do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i])
+local count = 0
+for document in string.gmatch(ARGV[2], '[^\n]+') do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', document)
+  count = count + 1
 end
-return #ARGV - 1
+return count

@@ -4,17 +4,20 @@ Runners hand over what they finished; the acker sends whatever has gathered sinc
 round trip as one pipeline (XACK + XDEL per stream, status writes coalesced per task). Under
 load batches form by themselves; when idle a single completion is sent at once, so the batching
 adds no latency.
+
+The queue is a bounded deque rather than a memory object stream: handing over a completion is
+then an append (no checkpoint, no task switch) unless the queue is full, which only happens
+while Redis is not taking the acks; then runners wait for room.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..broker import Broker
 from .retrying import until_done
@@ -32,29 +35,46 @@ class Acker:
     def __init__(self, broker: Broker, *, capacity: int, max_batch: int = 1000) -> None:
         self._broker = broker
         self._max_batch = max_batch
-        send: MemoryObjectSendStream[Item]
-        receive: MemoryObjectReceiveStream[Item]
-        send, receive = anyio.create_memory_object_stream[Item](max(capacity, 1))
-        self._send = send
-        self._receive = receive
+        self._capacity = max(capacity, 1)
+        self._queue: deque[Item] = deque()
+        self._closed = False
+        self._wake_acker: anyio.Event | None = None  # set while the acker waits for items
+        self._room: anyio.Event | None = None  # set while runners wait for room
         self.flushed_batches = 0
         self.finished = anyio.Event()
 
+    async def _put(self, item: Item) -> None:
+        while len(self._queue) >= self._capacity:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if self._room is None:
+                self._room = anyio.Event()
+            await self._room.wait()
+        self._put_nowait(item)
+
+    def _put_nowait(self, item: Item) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        self._queue.append(item)
+        if self._wake_acker is not None:
+            self._wake_acker.set()
+            self._wake_acker = None
+
     async def discard(self, family_index: int, entry_id: bytes) -> None:
         """Acknowledge and delete an entry without writing any status."""
-        await self._send.send((family_index, entry_id, "", "", {}))
+        await self._put((family_index, entry_id, "", "", {}))
 
     async def complete(
         self, family_index: int, entry_id: bytes, task_id: str, fields: dict[str, Any]
     ) -> None:
-        await self._send.send((family_index, entry_id, task_id, "completed", fields))
+        await self._put((family_index, entry_id, task_id, "completed", fields))
 
     def note_status(self, task_id: str, state: str, fields: dict[str, Any]) -> None:
         """Queue a status-only write; dropped rather than waited for when the queue is full."""
-        try:
-            self._send.send_nowait((-1, None, task_id, state, fields))
-        except anyio.WouldBlock:
+        if len(self._queue) >= self._capacity:
             log.debug("status_write_dropped", extra={"task_id": task_id, "state": state})
+            return
+        self._put_nowait((-1, None, task_id, state, fields))
 
     async def run_in_order(self, op: Callable[[], Awaitable[T]], *, what: str) -> T:
         """Run ``op`` after every item queued before it has been written.
@@ -64,7 +84,7 @@ class Acker:
         """
         done = anyio.Event()
         box: dict[str, Any] = {"op": op, "done": done, "what": what}
-        await self._send.send((_IN_ORDER, None, "", "", box))
+        await self._put((_IN_ORDER, None, "", "", box))
         await done.wait()
         if "error" in box:
             raise box["error"]
@@ -72,7 +92,11 @@ class Acker:
 
     def close(self) -> None:
         """No more items: the acker flushes what it holds and returns."""
-        self._send.close()
+        self._closed = True
+        for event in (self._wake_acker, self._room):
+            if event is not None:
+                event.set()
+        self._wake_acker = self._room = None
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -84,29 +108,30 @@ class Acker:
             self.finished.set()
 
     async def _serve(self) -> None:
-        async with self._receive:
-            while True:
-                try:
-                    first = await self._receive.receive()
-                except anyio.EndOfStream:
+        queue = self._queue
+        while True:
+            if not queue:
+                if self._closed:
                     return
-                batch = [first]
-                while len(batch) < self._max_batch:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                # An ack in flight must not be abandoned half-way by a cancellation.
-                with anyio.CancelScope(shield=True):
-                    start = 0
-                    for i, item in enumerate(batch):
-                        if item[0] == _IN_ORDER:
-                            if i > start:
-                                await self._flush(batch[start:i])
-                            await self._run_op(item[4])
-                            start = i + 1
-                    if start < len(batch):
-                        await self._flush(batch[start:])
+                self._wake_acker = wake = anyio.Event()
+                await wake.wait()
+                continue
+            take = min(len(queue), self._max_batch)
+            batch = [queue.popleft() for _ in range(take)]
+            if self._room is not None:
+                self._room.set()
+                self._room = None
+            # An ack in flight must not be abandoned half-way by a cancellation.
+            with anyio.CancelScope(shield=True):
+                start = 0
+                for i, item in enumerate(batch):
+                    if item[0] == _IN_ORDER:
+                        if i > start:
+                            await self._flush(batch[start:i])
+                        await self._run_op(item[4])
+                        start = i + 1
+                if start < len(batch):
+                    await self._flush(batch[start:])
 
     async def _run_op(self, box: dict[str, Any]) -> None:
         try:

@@ -19,12 +19,12 @@ import time
 from collections.abc import Sequence
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 from redis.exceptions import ResponseError
 
 from ..broker import Broker
 from ..hooks import TaskHooks
 from ..wire import Delivery, format_time
+from .handoff import Feed
 from .outage import Outage
 from .retrying import TRANSIENT, until_done
 
@@ -124,7 +124,7 @@ class Reader:
 
     async def run(
         self,
-        send: MemoryObjectSendStream[Delivery],
+        send: Feed,
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -148,7 +148,7 @@ class Reader:
                 for delivery in deliveries:
                     await send.send(delivery)
 
-    async def _read_own_pending(self, send: MemoryObjectSendStream[Delivery]) -> None:
+    async def _read_own_pending(self, send: Feed) -> None:
         cursors = dict.fromkeys(self.families, "0")
         while True:
             n = await self._slots.take_batch(self._max_batch)

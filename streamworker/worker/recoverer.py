@@ -17,11 +17,11 @@ import logging
 import time
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 
 from ..broker import Broker
 from ..hooks import TaskHooks, WorkerEvent
-from ..wire import Delivery, format_time
+from ..wire import format_time
+from .handoff import Feed
 from .outage import Outage
 from .reader import Slots
 from .retrying import TRANSIENT, until_done
@@ -57,7 +57,7 @@ class Recoverer:
         self.reclaimed = 0
         self.deleted = 0
 
-    async def run(self, send: MemoryObjectSendStream[Delivery]) -> None:
+    async def run(self, send: Feed) -> None:
         async with send:
             while True:
                 await anyio.sleep(self._interval)
@@ -69,7 +69,7 @@ class Recoverer:
                 else:
                     self._outage.ok()
 
-    async def _walk(self, index: int, send: MemoryObjectSendStream[Delivery]) -> None:
+    async def _walk(self, index: int, send: Feed) -> None:
         """One pass over a stream's pending list, from the start to the end."""
         priority = self._broker.families[index].priority
         while True:

@@ -23,6 +23,7 @@ from ..settings import Settings
 from ..wire import Delivery, Rejected, Task, decode_task, format_time
 from .acker import Acker
 from .backoff import backoff_delay
+from .deadlines import Lane
 from .retrying import until_done
 
 log = logging.getLogger("streamworker.worker")
@@ -61,7 +62,9 @@ class Runner:
         self._status = broker.status.enabled
         self.deleted_acked = 0
 
-    async def run(self, delivery: Delivery) -> None:
+    async def run(self, delivery: Delivery, lane: Lane) -> None:
+        """Run ``delivery`` on ``lane`` (whose scope the watchdog cancels when the handler
+        runs past its timeout; see deadlines.py)."""
         family = self._broker.families[delivery.family_index]
         if not delivery.fields:
             # Pending, but its stream entry was deleted: there is nothing to run.
@@ -154,22 +157,32 @@ class Runner:
         tokens = self._hooks.before(task, now, delivery.enqueued_at) if self._hooks else None
         started = time.perf_counter()
         error: BaseException | None = None
-        with anyio.move_on_after(timeout) as scope:
-            try:
-                await spec.fn(payload, ctx)
-            except Exception as exc:
-                error = exc
-        if scope.cancelled_caught and error is None:
+        lane.arm(timeout)
+        try:
+            await spec.fn(payload, ctx)
+        except Exception as exc:
+            error = exc
+        except anyio.get_cancelled_exc_class():
+            if not lane.expired:
+                raise  # not the timeout: the worker is stopping
             error = TaskTimeout(f"timed out after {timeout:g}s")
+        finally:
+            lane.disarm()
         duration = time.perf_counter() - started
 
         if error is None:
-            await self._acker.complete(
-                delivery.family_index,
-                delivery.entry_id,
-                task.task_id,
-                {"completed_at": format_time(time.time())} if self._status else {},
-            )
+            fields = {"completed_at": format_time(time.time())} if self._status else {}
+            if lane.expired:
+                # Timed out just as it returned: it counts as done (as with a per-task scope),
+                # but the lane's scope is cancelled, so the hand-over must be shielded.
+                with anyio.CancelScope(shield=True):
+                    await self._acker.complete(
+                        delivery.family_index, delivery.entry_id, task.task_id, fields
+                    )
+            else:
+                await self._acker.complete(
+                    delivery.family_index, delivery.entry_id, task.task_id, fields
+                )
             end = TaskEnd(Outcome.COMPLETED, duration)
         elif isinstance(error, Defer):
             await self._defer(delivery, task, time.time() + error.after)

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 import anyio
 import redis.asyncio as aioredis
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..broker import Broker, connect_to
 from ..channels import Services
@@ -23,6 +22,8 @@ from ..settings import Settings
 from ..status import StatusStore
 from ..wire import Delivery
 from .acker import Acker
+from .deadlines import Lane, Watchdog
+from .handoff import Handoff
 from .janitor import Janitor
 from .leases import Leases
 from .promoter import Promoter
@@ -66,6 +67,7 @@ class Worker:
         self.concurrency = concurrency or settings.worker_count
         self.slots = Slots(self.concurrency)
         self.acker = Acker(self.broker, capacity=4 * self.concurrency + 64)
+        self.watchdog = Watchdog()  # handler timeouts
         self.promoter = Promoter(self.broker, interval=settings.promote_interval_seconds)
         self.hooks = TaskHooks(hooks)
         # One reader for every stream on a single node; on a cluster one per partition, since
@@ -160,9 +162,10 @@ class Worker:
         # The runner tasks started below inherit this binding (ctx.maintenance).
         bind_maintenance(Maintenance(self.redis, self.keys, self.settings.completed_ttl_seconds))
         bind_services(self.services)
-        send, receive = anyio.create_memory_object_stream[Delivery](0)
+        handoff = Handoff()
         async with anyio.create_task_group() as services:
             await services.start(self.acker.run)
+            await services.start(self.watchdog.run)
             await services.start(self.promoter.run)
             await services.start(self.leases.run)
             await services.start(self.janitor.run)
@@ -170,10 +173,9 @@ class Worker:
                 await services.start(metrics_server.run)
             async with anyio.create_task_group() as runners:
                 for _ in range(self.concurrency):
-                    runners.start_soon(self._run_tasks, receive.clone())
-                receive.close()
+                    runners.start_soon(self._run_tasks, handoff)
                 reading = anyio.CancelScope()
-                runners.start_soon(self._read, send, reading)
+                runners.start_soon(self._read, handoff, reading)
                 log.info(
                     "worker_started",
                     extra={
@@ -186,7 +188,7 @@ class Worker:
                 task_status.started()
                 await self._stop.wait()
                 log.info("worker_stopping", extra={"in_flight": self.in_flight})
-                reading.cancel()  # phase 1: no new work; the closed stream ends idle runners
+                reading.cancel()  # phase 1: no new work; the closed hand-off ends idle runners
                 # phase 2: in-flight handlers get the grace period, then are cancelled (their
                 # entries stay pending and are picked up again)
                 runners.cancel_scope.deadline = (
@@ -205,34 +207,49 @@ class Worker:
         await self.broker.load_scripts()
         await self.broker.ensure_groups()
 
-    async def _read(self, send: MemoryObjectSendStream[Delivery], scope: anyio.CancelScope) -> None:
+    async def _read(self, handoff: Handoff, scope: anyio.CancelScope) -> None:
         # The reader (new and own pending entries) and the recoverer (other consumers' stale
         # entries) feed the same runners; cancelling ``scope`` stops both. Closing every
-        # sender at the end (closing twice is harmless) is what ends the idle runners.
-        senders = [send.clone() for _ in self.readers] + [send]
+        # feed at the end (closing twice is harmless) is what ends the idle runners.
+        feeds = [handoff.feed() for _ in range(len(self.readers) + 1)]
         try:
             with scope:
                 async with anyio.create_task_group() as feeders:
-                    feeders.start_soon(self.recoverer.run, send)
-                    for reader, sender in zip(self.readers, senders, strict=False):
-                        feeders.start_soon(reader.run, sender)
+                    feeders.start_soon(self.recoverer.run, feeds[0])
+                    for reader, feed in zip(self.readers, feeds[1:], strict=True):
+                        feeders.start_soon(reader.run, feed)
         finally:
-            for sender in senders:
-                sender.close()
+            for feed in feeds:
+                feed.close()
 
-    async def _run_tasks(self, receive: MemoryObjectReceiveStream[Delivery]) -> None:
-        async with receive:
-            async for delivery in receive:
-                self.in_flight += 1
-                self.leases.hold(delivery)
-                try:
-                    await self.runner.run(delivery)
-                except Exception:
-                    # A bug or an unexpected Redis reply: the entry stays pending and will be
-                    # reclaimed; the worker itself keeps going.
-                    log.exception("runner_error", extra={"entry_id": delivery.entry_id.decode()})
-                finally:
-                    self.leases.release(delivery)
-                    self.in_flight -= 1
-                    self.completed_runs += 1
-                    self.slots.give()
+    async def _run_tasks(self, handoff: Handoff) -> None:
+        lane = self.watchdog.lane()
+        try:
+            while True:
+                # One cancel scope for many tasks; the watchdog cancels it when a handler runs
+                # past its timeout, and then the lane goes on in a fresh one (deadlines.py).
+                lane.scope = anyio.CancelScope()
+                with lane.scope:
+                    while not lane.expired:
+                        try:
+                            delivery = await handoff.take()
+                        except anyio.EndOfStream:
+                            return
+                        await self._run_one(delivery, lane)
+        finally:
+            self.watchdog.drop(lane)
+
+    async def _run_one(self, delivery: Delivery, lane: Lane) -> None:
+        self.in_flight += 1
+        self.leases.hold(delivery)
+        try:
+            await self.runner.run(delivery, lane)
+        except Exception:
+            # A bug or an unexpected Redis reply: the entry stays pending and will be
+            # reclaimed; the worker itself keeps going.
+            log.exception("runner_error", extra={"entry_id": delivery.entry_id.decode()})
+        finally:
+            self.leases.release(delivery)
+            self.in_flight -= 1
+            self.completed_runs += 1
+            self.slots.give()

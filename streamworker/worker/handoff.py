@@ -1,0 +1,122 @@
+"""Hand-off: deliveries from the feeders (reader, recoverer) to the runner tasks.
+
+A feeder only hands over deliveries it took handler slots for (``Slots``), and there are as
+many runner tasks as slots, so the queue here never holds more than ``concurrency`` entries and
+needs no bound of its own. A deque plus one wake-up per idle runner costs far less per delivery
+than a zero-capacity memory object stream, where every delivery is a rendezvous (a checkpoint
+in ``send``, a waiter object and a task switch each); and a runner that finishes a task while
+another is waiting takes it without suspending at all.
+
+Closing works like a memory object stream's: once every feed is closed, idle runners get
+``EndOfStream``; deliveries still queued are run first.
+
+An idle runner waits on a bare asyncio future rather than an ``anyio.Event`` (which wraps an
+``asyncio.Event``, which makes the same future): the worker runs on asyncio anyway (redis-py's
+asyncio client), and the wake-up is on every delivery's path. Cancellation works as with any
+await: anyio cancels the waiting task, which cancels the future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from types import TracebackType
+
+import anyio
+
+from ..wire import Delivery
+
+__all__ = ["Feed", "Handoff"]
+
+
+class Handoff:
+    def __init__(self) -> None:
+        self._queue: deque[Delivery] = deque()
+        self._idle: deque[asyncio.Future[None]] = deque()  # one per runner waiting for work
+        self._open_feeds = 0
+        self._closed = False
+
+    def feed(self) -> Feed:
+        """A sending end; the hand-off closes when every feed made so far is closed."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        self._open_feeds += 1
+        return Feed(self)
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def put(self, delivery: Delivery) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        self._queue.append(delivery)
+        self._wake_one()
+
+    async def take(self) -> Delivery:
+        """The next delivery; waits while there is none. ``EndOfStream`` once closed and
+        empty."""
+        while True:
+            if self._queue:
+                return self._queue.popleft()
+            if self._closed:
+                raise anyio.EndOfStream
+            wake = asyncio.get_running_loop().create_future()
+            self._idle.append(wake)
+            try:
+                await wake
+            except BaseException:
+                if wake.done() and not wake.cancelled():
+                    self._wake_one()  # the wake-up was meant for work: pass it on
+                elif wake in self._idle:
+                    self._idle.remove(wake)
+                raise
+
+    def _wake_one(self) -> None:
+        idle = self._idle
+        while idle and (self._queue or self._closed):
+            wake = idle.popleft()
+            if not wake.done():  # a cancelled runner's future is done already: skip it
+                wake.set_result(None)
+                return
+
+    def _feed_closed(self) -> None:
+        self._open_feeds -= 1
+        if self._open_feeds == 0:
+            self._closed = True
+            while self._idle:
+                wake = self._idle.popleft()
+                if not wake.done():
+                    wake.set_result(None)
+
+
+class Feed:
+    """The sending end of a :class:`Handoff` (what the reader and the recoverer hold)."""
+
+    __slots__ = ("_closed", "_handoff")
+
+    def __init__(self, handoff: Handoff) -> None:
+        self._handoff = handoff
+        self._closed = False
+
+    async def send(self, delivery: Delivery) -> None:
+        # No checkpoint: the feeder already waited for the slot this delivery uses.
+        if self._closed:
+            raise anyio.ClosedResourceError
+        self._handoff.put(delivery)
+
+    def close(self) -> None:
+        """Idempotent, like closing a memory object stream."""
+        if not self._closed:
+            self._closed = True
+            self._handoff._feed_closed()
+
+    async def __aenter__(self) -> Feed:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

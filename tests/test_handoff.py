@@ -1,0 +1,116 @@
+"""The reader→runner hand-off: every delivery reaches exactly one runner, closing ends idle
+runners only after what is queued has been taken, and a cancelled idle runner never swallows a
+wake-up meant for work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import anyio
+import pytest
+
+from streamworker.wire import Delivery
+from streamworker.worker.handoff import Handoff
+
+pytestmark = pytest.mark.anyio
+
+
+def delivery(n: int) -> Delivery:
+    return Delivery(0, f"{n}-0".encode(), {b"task_type": b"t"}, 0.0)
+
+
+async def test_each_delivery_reaches_one_runner_and_closing_ends_them() -> None:
+    handoff = Handoff()
+    feed = handoff.feed()
+    taken: list[bytes] = []
+    ended = 0
+
+    async def runner() -> None:
+        nonlocal ended
+        while True:
+            try:
+                item = await handoff.take()
+            except anyio.EndOfStream:
+                ended += 1
+                return
+            taken.append(item.entry_id)
+            await anyio.sleep(0)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(runner)
+        await anyio.wait_all_tasks_blocked()
+        for n in range(50):
+            await feed.send(delivery(n))
+        for n in range(50, 60):  # queued while nobody is idle: still taken before the end
+            await feed.send(delivery(n))
+        feed.close()
+        feed.close()  # idempotent
+    assert sorted(taken) == sorted(f"{n}-0".encode() for n in range(60))
+    assert ended == 4
+    with pytest.raises(anyio.ClosedResourceError):
+        await feed.send(delivery(99))
+
+
+async def test_the_handoff_stays_open_until_every_feed_is_closed() -> None:
+    handoff = Handoff()
+    first, second = handoff.feed(), handoff.feed()
+    first.close()
+    await second.send(delivery(1))
+    assert (await handoff.take()).entry_id == b"1-0"
+    second.close()
+    with pytest.raises(anyio.EndOfStream):
+        await handoff.take()
+
+
+async def test_a_cancelled_idle_runner_never_holds_up_a_delivery() -> None:
+    handoff = Handoff()
+    feed = handoff.feed()
+    got: list[bytes] = []
+
+    async def runner(scope_box: list[anyio.CancelScope]) -> None:
+        with anyio.CancelScope() as scope:
+            scope_box.append(scope)
+            with contextlib.suppress(anyio.EndOfStream):
+                got.append((await handoff.take()).entry_id)
+
+    doomed: list[anyio.CancelScope] = []
+    survivor: list[anyio.CancelScope] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner, doomed)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(runner, survivor)
+        await anyio.wait_all_tasks_blocked()
+        # The first idle runner is cancelled, and woken for this delivery before it has run
+        # (and taken its wake-up event out of the queue of idle runners).
+        doomed[0].cancel()
+        await feed.send(delivery(7))
+        await anyio.wait_all_tasks_blocked()
+        assert got == [b"7-0"]  # taken by the other runner, not left waiting in the queue
+        feed.close()
+    assert len(handoff) == 0
+
+
+async def test_a_runner_cancelled_after_its_wake_up_passes_the_wake_up_on() -> None:
+    handoff = Handoff()
+    feed = handoff.feed()
+    got: list[bytes] = []
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def runner() -> None:
+        tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+        with contextlib.suppress(asyncio.CancelledError, anyio.EndOfStream):
+            got.append((await handoff.take()).entry_id)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(runner)
+        await anyio.wait_all_tasks_blocked()
+        await feed.send(delivery(8))  # wakes the first runner...
+        tasks[0].cancel()  # ...which is cancelled (natively) before it runs
+        await anyio.wait_all_tasks_blocked()
+        assert got == [b"8-0"]  # the second runner took it
+        feed.close()
