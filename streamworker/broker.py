@@ -328,11 +328,13 @@ class Broker:
         due = fields.get(b"scheduled_for")
         if due is not None and _is_future(due):
             return []  # will be parked again by the runner, not started
+        # status and started_at first: begin_batch.lua writes only those two when the hash
+        # exists (the publish, a retry or a replay wrote the rest), the whole row otherwise.
         row = [
             "status", "running",
+            "started_at", started_at,
             "task_id", task_id,
             "priority", self.families[delivery.family_index].priority,
-            "started_at", started_at,
             "retry_count", _field_text(fields.get(b"retry_count")) or "0",
         ]  # fmt: skip
         for name in (b"task_type", b"created_at"):

@@ -362,3 +362,36 @@ async def test_idempotency_key_publishes_once(settings: Settings, redis: aioredi
     assert len(set(ids)) == 1
     assert await redis.xlen(f"{settings.prefix}normal_priority_tasks") == 1
     await producer.aclose()
+
+
+async def test_running_status_is_complete_for_published_and_raw_entries(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # The start gate writes only status and started_at over a hash the publish wrote, and the
+    # whole row for an entry published with raw XADD (no hash yet).
+    release = anyio.Event()
+    registry = Registry()
+
+    @registry.handler("hold")
+    async def hold(payload: dict[str, Any], ctx: TaskContext) -> None:
+        await release.wait()
+
+    keys = Keyspace(settings.prefix)
+    producer = Producer.from_settings(settings)
+    published = await producer.publish("hold", {}, priority="high")
+    await producer.aclose()
+    await redis.xadd(
+        keys.family("low").stream,
+        {"task_type": "hold", "payload": "{}", "task_id": "raw-1", "retry_count": "2"},
+    )
+    async with running_worker(settings, registry):
+        await wait_for(lambda: status_is(redis, settings, published, "running"))
+        await wait_for(lambda: status_is(redis, settings, "raw-1", "running"))
+        for task_id, priority, retries in ((published, "high", "0"), ("raw-1", "low", "2")):
+            raw = await redis.hgetall(keys.status(task_id))
+            row = {k.decode(): v.decode() for k, v in raw.items()}
+            assert row["task_id"] == task_id and row["task_type"] == "hold"
+            assert row["priority"] == priority and row["retry_count"] == retries
+            assert row["started_at"]
+        release.set()
+        await wait_for(lambda: status_is(redis, settings, "raw-1", "completed"))

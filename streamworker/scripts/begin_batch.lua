@@ -4,8 +4,10 @@
 -- (the task is skipped) or finds the task 'running' and is refused — never "cancelled" for a
 -- task that then runs.
 -- KEYS:  cancel marker 1, status hash 1, cancel marker 2, status hash 2, ...
--- ARGV:  MessagePack array with one status row per task: {field, value, ...}, or {} to only
---        check the marker (status not tracked, or not due yet)
+-- ARGV:  MessagePack array with one status row per task: {'status', 'running', 'started_at', t,
+--        field, value, ...}, or {} to only check the marker (status not tracked, or not due
+--        yet). A hash that exists already holds the other fields (written by the publish, a
+--        retry or a replay): only status and started_at are written then.
 -- Returns one flag per task: 1 cancelled, 0 go.
 local rows = cmsgpack.unpack(ARGV[1])
 local out = {}
@@ -16,7 +18,11 @@ for i = 1, #rows do
     out[i] = 0
     local row = rows[i]
     if #row > 0 then
-      redis.call('HSET', KEYS[2 * i], unpack(row))
+      if redis.call('EXISTS', KEYS[2 * i]) == 1 then
+        redis.call('HSET', KEYS[2 * i], row[1], row[2], row[3], row[4])
+      else
+        redis.call('HSET', KEYS[2 * i], unpack(row))
+      end
       redis.call('PERSIST', KEYS[2 * i])
     end
   end
