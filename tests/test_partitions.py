@@ -268,6 +268,18 @@ def _cluster_env(settings: Settings, consumer: str, **extra: str) -> dict[str, s
     }
 
 
+def _start_cluster_worker(
+    settings: Settings, consumer: str, concurrency: int, started: list[WorkerProcess]
+) -> WorkerProcess:
+    return start_worker_process(
+        settings,
+        "--concurrency",
+        str(concurrency),
+        registry=started,
+        **_cluster_env(settings, consumer),
+    )
+
+
 async def test_cluster_partitions_spread_over_every_master(
     cluster_settings: Settings, cluster_redis: Any
 ) -> None:
@@ -301,10 +313,7 @@ async def test_cluster_two_workers_drain_thirty_thousand_tasks(
 
     began = time.monotonic()
     for name in ("w-a", "w-b"):
-        start_worker_process(
-            settings, "--concurrency", "64", registry=worker_processes,
-            **_cluster_env(settings, name),
-        )  # fmt: skip
+        _start_cluster_worker(settings, name, 64, worker_processes)
     done_key = f"{settings.prefix}test:done"
 
     async def all_done() -> bool:
@@ -330,10 +339,7 @@ async def test_cluster_killed_worker_is_reclaimed_on_every_partition(
 ) -> None:
     settings = cluster_settings
     keys = settings.keyspace()
-    victim = start_worker_process(
-        settings, "--concurrency", "60", registry=worker_processes,
-        **_cluster_env(settings, "victim"),
-    )  # fmt: skip
+    victim = _start_cluster_worker(settings, "victim", 60, worker_processes)
     producer = Producer.from_settings(settings)
     ids = await producer.publish_many([TaskSpec(task_type="record", payload={"sleep": 30})] * 120)
     await producer.aclose()
@@ -356,10 +362,7 @@ async def test_cluster_killed_worker_is_reclaimed_on_every_partition(
 
     await wait_for(victim_holds_every_partition, timeout=30)
     victim.kill()
-    start_worker_process(
-        settings, "--concurrency", "150", registry=worker_processes,
-        **_cluster_env(settings, "rescuer"),
-    )  # fmt: skip
+    _start_cluster_worker(settings, "rescuer", 150, worker_processes)
     started_key = f"{settings.prefix}test:started"
 
     async def victim_owns_nothing() -> bool:
@@ -399,10 +402,7 @@ async def test_cluster_same_partition_key_runs_in_publish_order(
     await producer.aclose()
     home = keys.family("normal", keys.partition_for("patient-42")).stream
     assert int(await cluster_redis.xlen(home)) >= 1_000
-    start_worker_process(
-        settings, "--concurrency", "1", registry=worker_processes,
-        **_cluster_env(settings, "ordered"),
-    )  # fmt: skip
+    _start_cluster_worker(settings, "ordered", 1, worker_processes)
     order_key = f"{settings.prefix}test:order"
 
     async def all_ran() -> bool:
