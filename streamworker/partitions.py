@@ -96,7 +96,8 @@ class Migration:
             new_partitions=self._new.partitions,
             dry_run=dry_run,
         )
-        await self._ensure_groups()
+        if not dry_run:
+            await self._ensure_groups()
         for family in self._old.families:
             report.delayed += await self._move_delayed(family, dry_run)
         for stream in self._old.dead_letter_streams:

@@ -494,6 +494,15 @@ async def _switch_partitions(old: Settings, new: Settings, redis: Any) -> None:
     ran: list[str] = []
     async with running_worker(old, _recording_registry(ran)):  # the drain
         await wait_for(lambda: ran == [straggler])
+    dry = subprocess.run(
+        [*command, "--dry-run", "--json"], env=env, capture_output=True, text=True, check=False
+    )
+    assert dry.returncode == 0, dry.stderr
+    counted = msgspec.json.decode(dry.stdout)
+    assert (
+        counted["dry_run"]
+        and sum([int(await redis.zcard(f.delayed)) for f in old_keys.families]) == 31
+    )
     done = subprocess.run(
         [*command, "--json"], env=env, capture_output=True, text=True, check=False
     )
@@ -506,6 +515,8 @@ async def _switch_partitions(old: Settings, new: Settings, redis: Any) -> None:
     assert report["delayed"] == 31 if moved_all else 0 < report["delayed"] <= 31
     assert 0 < report["dead_letters"] <= old_keys.partitions
     assert report["idempotency_keys"] <= 1
+    for name in ("delayed", "dead_letters", "idempotency_keys", "task_keys"):
+        assert counted[name] == report[name], name  # the dry run counted what then moved
 
     kept = {f.delayed for f in new_keys.families}
     left = [await redis.zcard(f.delayed) for f in old_keys.families if f.delayed not in kept]
