@@ -201,8 +201,9 @@ class _Walk:
                 self._bound = f"({self._buffer[0][0]}"
         return self._buffer[-1] if self._buffer else None
 
-    def pop(self) -> None:
-        self._buffer.pop()
+    def pop(self) -> tuple[str, Fields]:
+        """Take the entry :meth:`head` returned."""
+        return self._buffer.pop()
 
 
 class DeadLetters:
@@ -281,8 +282,7 @@ class DeadLetters:
                     best, best_key = walk, key
             if best is None:
                 return
-            raw_id, fields = await best.head() or ("", {})
-            best.pop()
+            raw_id, fields = best.pop()
             yield raw_id, best.partition, fields
 
     async def list(

@@ -573,11 +573,12 @@ async def test_cluster_scheduler_leases_and_publishes_each_occurrence_once(
     cluster_settings: Settings, cluster_redis: Any
 ) -> None:
     from streamworker.scheduler import Schedule, Scheduler
+    from tests.test_scheduler import ManualClock
 
     settings = cluster_settings
     schedules = [Schedule(name="m", cron="* * * * *", task_type="noop")]
     t0 = (int(time.time()) // 60) * 60
-    clock = _Clock(t0 - 0.5)
+    clock = ManualClock(t0 - 0.5)
     registry = _recording_registry([])
     one = Scheduler(
         settings.with_overrides(consumer="s-1"), schedules, registry=registry, clock=clock,
@@ -598,14 +599,6 @@ async def test_cluster_scheduler_leases_and_publishes_each_occurrence_once(
     entries = [e for f in keys.families for e in await cluster_redis.xrange(f.stream)]
     assert len(entries) == 1
     assert (await one.state.read("m")).last_fire == t0
-
-
-class _Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def now(self) -> float:
-        return self.t
 
 
 async def test_cluster_api_submit_status_cancel_stats_and_dead_letters(
