@@ -293,16 +293,15 @@ class Broker:
             gated.append(delivery)
         if not gated:
             return 0
-        if self.keys.cluster:
-            # One call per partition tag the tasks' keys carry (a script stays in one slot);
-            # ids from our producer carry their stream's partition, so usually one call.
-            groups: dict[int, list[int]] = {}
-            for i, task_id in enumerate(task_ids):
-                groups.setdefault(self.keys.status_partition(task_id), []).append(i)
-            order = [i for members in groups.values() for i in members]
+        groups = self.keys.task_groups(task_ids)
+        if len(groups) > 1:
+            # On a cluster, one call per partition tag the tasks' keys carry (a script stays
+            # in one slot); ids from our producer carry their stream's partition, so a batch
+            # read from one partition is usually one group.
+            order = [i for members in groups for i in members]
 
             def build(pipe: Any) -> None:
-                for members in groups.values():
+                for members in groups:
                     self._evalsha(
                         pipe,
                         "begin_batch",

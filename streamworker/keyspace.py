@@ -20,6 +20,7 @@ scheduler's keys share ``{scheduler}``.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -164,6 +165,16 @@ class Keyspace:
     def status_partition(self, task_id: str) -> int:
         """The partition whose hash tag a task's own keys carry on a cluster."""
         return self.partition_for(task_id)
+
+    def task_groups(self, task_ids: Sequence[str]) -> list[list[int]]:
+        """The indices of ``task_ids`` grouped so that the keys of a group's tasks share one
+        hash slot: one group off a cluster, one per partition tag on a cluster."""
+        if not self.cluster:
+            return [list(range(len(task_ids)))] if task_ids else []
+        groups: dict[int, list[int]] = {}
+        for i, task_id in enumerate(task_ids):
+            groups.setdefault(self.status_partition(task_id), []).append(i)
+        return list(groups.values())
 
     def _task_key(self, name: str, task_id: str) -> str:
         if not self.cluster:

@@ -100,14 +100,10 @@ class StatusStore:
 
     def _queue_rows(self, pipe: Any, records: Sequence[tuple[str, list[str | int]]]) -> None:
         """One script call per slot group (just one off a cluster) for ``(task_id, row)``s."""
-        groups: dict[int, tuple[list[str], list[list[str | int]]]] = {}
         status_key = self._keys.status
-        by_slot = self._keys.status_partition if self._keys.cluster else None
-        for task_id, row in records:
-            keys, rows = groups.setdefault(by_slot(task_id) if by_slot else 0, ([], []))
-            keys.append(status_key(task_id))
-            rows.append(row)
-        for keys, rows in groups.values():
+        for members in self._keys.task_groups([task_id for task_id, _ in records]):
+            keys = [status_key(records[i][0]) for i in members]
+            rows = [records[i][1] for i in members]
             # execute_command: redis-py's cluster pipeline refuses the eval method, not EVAL
             pipe.execute_command(
                 "EVAL", _WRITE_MANY_SCRIPT, len(keys), *keys, self._ttl, _rows_encoder.encode(rows)
