@@ -22,6 +22,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
+from .connection import use_hiredis_packing
 from .keyspace import Keyspace, StreamFamily
 from .status import StatusStore
 from .wire import MAX_FIELDS, Delivery, Fields, pack_fields, parse_time
@@ -82,7 +83,9 @@ def connect(url: str, *, cluster: bool = False, **options: Any) -> aioredis.Redi
         return cast("aioredis.Redis", client)
     options.setdefault("health_check_interval", 15)
     options.setdefault("retry_on_timeout", False)
-    return aioredis.Redis.from_url(url, decode_responses=False, **options)
+    pool = aioredis.ConnectionPool.from_url(url, decode_responses=False, **options)
+    use_hiredis_packing(pool)
+    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
 
 
 def connect_to(settings: Settings, **options: Any) -> aioredis.Redis:
@@ -114,7 +117,7 @@ def _pairs(flat: Sequence[bytes] | Mapping[bytes, bytes] | None) -> Fields:
     if isinstance(flat, Mapping):
         return dict(flat)
     it = iter(flat)
-    return dict(zip(it, it, strict=True))
+    return dict(zip(it, it))  # noqa: B905 -- Redis sends field lists whole (strict costs 1/3)
 
 
 _PROVENANCE = frozenset(
@@ -231,21 +234,37 @@ class Broker:
         order: Sequence[int],
         quotas: Sequence[int],
         start_ids: Sequence[str],
+        *,
+        gate_at: str | None = None,
     ) -> list[Delivery]:
-        """Up to ``total`` entries across the families in ``order``, in one round trip."""
+        """Up to ``total`` entries across the families in ``order``, in one round trip.
+
+        With ``gate_at`` (a ``started_at`` time) on a single Redis, the same script also passes
+        the entries through the start gate (see :meth:`begin`); :meth:`begin` then only has
+        the few it left (those naming a ``scheduled_for`` time) to do. On a cluster the keys
+        a gate touches may live in other slots, so :meth:`begin` does all of it."""
         keys = [self.families[i].stream for i in order]
         args: list[Any] = [self.group, consumer, total]
         for quota, start in zip(quotas, start_ids, strict=True):
             args.append(quota)
             args.append(start)
+        gate = gate_at is not None and not self.keys.cluster
+        if gate:
+            args += (gate_at, self.keys.status(""), self.keys.cancelled(""))
+            args += (self.families[i].priority for i in order)
         flat = await self._eval("read_batch", keys, args)
         now = time.time()
         out = []
-        for j in range(0, len(flat), 4):
-            family_index = order[flat[j] - 1]
-            out.append(
-                Delivery(family_index, flat[j + 1], _pairs(flat[j + 2]), now, int(flat[j + 3]))
+        step = 5 if gate else 4
+        for j in range(0, len(flat), step):
+            delivery = Delivery(
+                order[flat[j] - 1], flat[j + 1], _pairs(flat[j + 2]), now, int(flat[j + 3])
             )
+            if gate:
+                flag = flat[j + 4]
+                delivery.gated = flag != 2
+                delivery.cancelled = flag == 1
+            out.append(delivery)
         return out
 
     async def wait_for_entries(
@@ -283,8 +302,8 @@ class Broker:
         task_ids: list[str] = []
         for delivery in deliveries:
             raw_id = delivery.task_id_field
-            if not raw_id:
-                continue  # no task_id: never published through us, so it cannot be cancelled
+            if delivery.gated or not raw_id:
+                continue  # gated by read(), or never published through us (no task_id)
             task_id = raw_id.decode(errors="replace")
             task_ids.append(task_id)
             keys.append(self.keys.cancelled(task_id))
@@ -317,6 +336,7 @@ class Broker:
             flags = await self._eval("begin_batch", keys, [_msgpack.encode(rows)])
         cancelled = 0
         for delivery, flag in zip(gated, flags, strict=True):
+            delivery.gated = True
             if flag:
                 delivery.cancelled = True
                 cancelled += 1
