@@ -61,7 +61,15 @@ Fields = dict[bytes, bytes]
 class Delivery:
     """One stream entry as read by a consumer: where it came from and its raw fields."""
 
-    __slots__ = ("cancelled", "deliveries", "entry_id", "family_index", "fields", "read_at")
+    __slots__ = (
+        "cancelled",
+        "deliveries",
+        "entry_id",
+        "family_index",
+        "fields",
+        "gated",
+        "read_at",
+    )
 
     def __init__(
         self,
@@ -77,6 +85,7 @@ class Delivery:
         self.read_at = read_at
         self.deliveries = deliveries  # Redis's delivery count, this delivery included
         self.cancelled = False  # its task was cancelled before it started
+        self.gated = False  # passed the start gate (see Broker.begin)
 
     @property
     def task_id_field(self) -> bytes | None:
@@ -120,21 +129,32 @@ def derive_task_id(stream: str, entry_id: bytes | str) -> str:
     return str(uuid.uuid5(_TASK_ID_NAMESPACE, f"{stream}/{eid}"))
 
 
-_second_cache: list[Any] = [None, ""]  # [whole second, its formatted prefix]
+# (whole second, its formatted prefix) and (millisecond, its text): each replaced as one
+# tuple, so a thread never sees one half of a pair updated without the other.
+_second: tuple[int, str] = (-1, "")
+_last: tuple[int, str] = (-1, "")
 
 
 def format_time(ts: float) -> str:
     """RFC 3339 UTC with milliseconds, e.g. ``2025-09-01T12:00:00.000Z``."""
-    # Called for every task on the hot paths: the date part changes once a second, so it is
-    # formatted once a second; the milliseconds are truncated, as isoformat does.
+    # Called several times per task on the hot paths: the text of the last millisecond is
+    # kept (many tasks share one under load), and the date part is formatted once a second;
+    # the milliseconds are truncated, as isoformat does.
+    global _second, _last
     millis = math.floor(ts * 1000)
+    last = _last
+    if last[0] == millis:
+        return last[1]
     second, ms = divmod(millis, 1000)
-    cache = _second_cache
-    if cache[0] != second:
-        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-        cache[1] = prefix
-        cache[0] = second
-    return f"{cache[1]}{ms:03d}Z"
+    cached = _second
+    if cached[0] != second:
+        cached = _second = (
+            second,
+            datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S."),
+        )
+    text = f"{cached[1]}{ms:03d}Z"
+    _last = (millis, text)
+    return text
 
 
 # The variant nibble of an RFC 4122 UUID is 10xx: map any random hex digit onto 8, 9, a or b.

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from streamworker import Producer, Registry, Settings, TaskContext, TaskSpec
 from streamworker.broker import Broker
 from streamworker.keyspace import Keyspace
+from streamworker.status import StatusStore
 from tests.conftest import dead_letters, pending_is, running_worker, status_is, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -228,8 +229,9 @@ async def test_a_cancelled_task_is_not_run(settings: Settings, redis: aioredis.R
     await producer.aclose()
 
 
+@pytest.mark.parametrize("gate_in_read", [False, True], ids=["begin", "read"])
 async def test_the_start_gate_and_a_cancel_cannot_both_win(
-    settings: Settings, redis: aioredis.Redis
+    settings: Settings, redis: aioredis.Redis, gate_in_read: bool
 ) -> None:
     # Once the worker's gate has marked a task running, a cancel is refused (409 over HTTP);
     # a cancel that came first makes the gate skip the task. Never both.
@@ -247,15 +249,62 @@ async def test_the_start_gate_and_a_cancel_cannot_both_win(
     await broker.load_scripts()
     await broker.ensure_groups()
     stream = keys.family("normal").stream
-    deliveries = await broker.read(settings.consumer, 2, [2], [2], [">"])
+    at = "2026-01-01T00:00:00.000Z"
+    deliveries = await broker.read(
+        settings.consumer, 2, [2], [2], [">"], gate_at=at if gate_in_read else None
+    )
     assert [d.entry_id for d in deliveries] == [e for e, _ in await redis.xrange(stream)]
-    assert await broker.begin(deliveries, "2026-01-01T00:00:00.000Z") == 1
+    # Gated by the read's own script on one Redis, else by begin's.
+    assert await broker.begin(deliveries, at) == (0 if gate_in_read else 1)
+    assert all(d.gated for d in deliveries)
     assert [d.cancelled for d in deliveries] == [False, True]
     late = await canceller.cancel(first)
     assert late.outcome is CancelOutcome.CONFLICT and late.state == "running"
     status = await producer.status.read(redis, first)
     assert status is not None and status.started_at == "2026-01-01T00:00:00.000Z"
     await producer.aclose()
+
+
+async def test_the_gate_in_the_read_writes_what_begin_writes(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # Raw entries (no status hash yet): with a task_id, without one, and one naming a
+    # scheduled_for time (not gated by the read: begin checks whether it is due).
+    keys = Keyspace(settings.prefix)
+    status = StatusStore(keys, settings.completed_ttl_seconds)
+    stream = keys.family("high").stream
+    index = keys.families.index(keys.family("high"))
+    entries = [
+        {"task_id": "raw-1", "task_type": "job", "payload": "{}",
+         "created_at": "2026-01-01T00:00:00Z"},
+        {"task_type": "job", "payload": "{}"},
+        {"task_id": "raw-3", "task_type": "job", "payload": "{}", "retry_count": "2",
+         "scheduled_for": "2020-01-01T00:00:00Z"},
+    ]  # fmt: skip
+    at = "2026-01-02T00:00:00.000Z"
+    rows = []
+    for gate_in_read in (False, True):
+        await redis.flushdb()
+        broker = Broker(redis, keys, settings.group, status=status)
+        await broker.load_scripts()
+        await broker.ensure_groups()
+        for fields in entries:
+            await redis.xadd(stream, fields)  # type: ignore[arg-type]
+        deliveries = await broker.read(
+            settings.consumer, 3, [index], [3], [">"], gate_at=at if gate_in_read else None
+        )
+        assert [d.gated for d in deliveries] == (
+            [True, True, False] if gate_in_read else [False, False, False]
+        )
+        await broker.begin(deliveries, at)
+        assert all(d.gated or not d.task_id_field for d in deliveries)
+        assert not any(d.cancelled for d in deliveries)
+        rows.append([await redis.hgetall(keys.status(i)) for i in ("raw-1", "raw-3")])
+        assert await redis.ttl(keys.status("raw-1")) == -1
+    assert rows[0] == rows[1]
+    assert rows[1][0][b"status"] == b"running" and rows[1][0][b"started_at"] == at.encode()
+    assert rows[1][0][b"priority"] == b"high" and rows[1][0][b"retry_count"] == b"0"
+    assert rows[1][1][b"retry_count"] == b"2"  # due already: begin marked it running
 
 
 async def test_an_idempotent_publish_writes_its_status_with_the_entry(

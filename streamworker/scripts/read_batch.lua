@@ -9,9 +9,57 @@
 -- deleted while pending), delivery count, repeated. New entries are on their first
 -- delivery; re-read pending entries get their count from XPENDING (re-reading increments
 -- it), so a poison entry that kills its worker on every restart is still caught.
+--
+-- Optional start gate (begin_batch.lua's rule, in the same round trip; single Redis only, as
+-- the keys it touches are named by the entries): after the per-key pairs, ARGV holds
+-- started_at, the status key prefix, the cancel marker prefix and each key's priority. Then
+-- every entry gets a fifth value: 1 its task was cancelled (do not run it), 0 passed (marked
+-- running unless it has no task_id), 2 not gated here (it names a scheduled_for time, which
+-- the worker checks before it marks anything running).
 local group, consumer = ARGV[1], ARGV[2]
 local remaining = tonumber(ARGV[3])
 local out = {}
+local extra = 4 + 2 * #KEYS
+local started_at = ARGV[extra]
+local status_prefix, cancel_prefix = ARGV[extra + 1], ARGV[extra + 2]
+
+local function gate(i, fields)
+  local f = {}
+  for j = 1, #fields, 2 do
+    f[fields[j]] = fields[j + 1]
+  end
+  local task_id = f['task_id']
+  if not task_id or task_id == '' then
+    return 0  -- not published through us, so it cannot have been cancelled
+  end
+  if f['scheduled_for'] then
+    return 2
+  end
+  if redis.call('EXISTS', cancel_prefix .. task_id) == 1 then
+    return 1
+  end
+  local key = status_prefix .. task_id
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('HSET', key, 'status', 'running', 'started_at', started_at)
+  else
+    local retry_count = f['retry_count']
+    if not retry_count or retry_count == '' then
+      retry_count = '0'
+    end
+    local row = {'status', 'running', 'started_at', started_at, 'task_id', task_id,
+      'priority', ARGV[extra + 2 + i], 'retry_count', string.sub(retry_count, 1, 200)}
+    for _, name in ipairs({'task_type', 'created_at'}) do
+      local value = f[name]
+      if value and value ~= '' then
+        row[#row + 1] = name
+        row[#row + 1] = string.sub(value, 1, 200)
+      end
+    end
+    redis.call('HSET', key, unpack(row))
+  end
+  redis.call('PERSIST', key)
+  return 0
+end
 for pass = 1, 2 do
   for i, key in ipairs(KEYS) do
     if remaining <= 0 then return out end
@@ -40,6 +88,9 @@ for pass = 1, 2 do
           out[#out + 1] = entry[1]
           out[#out + 1] = entry[2] or {}
           out[#out + 1] = counts[entry[1]] or 1
+          if started_at then
+            out[#out + 1] = gate(i, entry[2] or {})
+          end
           remaining = remaining - 1
         end
       end

@@ -172,7 +172,14 @@ class Reader:
     ) -> list[Delivery] | None:
         """The entries read, or None after a failure (already waited out)."""
         try:
-            deliveries = await self._broker.read(self._consumer, n, order, quotas, start_ids)
+            deliveries = await self._broker.read(
+                self._consumer,
+                n,
+                order,
+                quotas,
+                start_ids,
+                gate_at=format_time(time.time()) if self._check_cancelled else None,
+            )
         except TRANSIENT as exc:
             await self._outage.failed(exc)
             return None
@@ -189,8 +196,9 @@ class Reader:
         return deliveries
 
     async def _screen(self, deliveries: list[Delivery]) -> None:
-        """Flag cancelled tasks. The entries are already ours, so this must not give up."""
-        if deliveries and self._check_cancelled:
+        """Flag cancelled tasks (those the read did not gate already). The entries are
+        already ours, so this must not give up."""
+        if self._check_cancelled and any(not d.gated for d in deliveries):
             await until_done(
                 lambda: self._broker.begin(deliveries, format_time(time.time())),
                 what="cancel_check",
