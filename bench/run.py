@@ -169,12 +169,16 @@ class Bench:
         n = self.sizes["A"]
         self.fresh()
         self._prepublish(peer, n)
+        if self.profile:
+            self.client.config_resetstat()  # Redis's own per-command CPU, for the drain only
         cpu0 = self.redis_cpu()
         proc = self.start_worker(peer, DRAIN_CONCURRENCY, n, 0, "A")
         result: dict[str, Any] = {}
         try:
             result = self.wait_key(RESULT_KEY, proc, 60 + n / 10)
             cpu1 = self.redis_cpu()
+            if self.profile:
+                self._save_commandstats(peer, n)
         finally:
             self.stop_worker(proc, result.get("pid"))
         return {
@@ -182,6 +186,18 @@ class Bench:
             "worker_us_per_task": 1e6 * result["cpu_seconds"] / n,
             "redis_us_per_task": 1e6 * (cpu1 - cpu0) / n,
         }
+
+    def _save_commandstats(self, peer: str, n: int) -> None:
+        """Redis CPU per task by command (INFO commandstats), beside the py-spy profile."""
+        stats = self.client.info("commandstats")
+        rows = sorted(
+            ((name.removeprefix("cmdstat_"), v["calls"], v["usec"]) for name, v in stats.items()),
+            key=lambda row: -row[2],
+        )
+        lines = [f"{'command':<24}{'calls/task':>12}{'us/task':>10}"]
+        lines += [f"{name:<24}{calls / n:>12.3f}{usec / n:>10.2f}" for name, calls, usec in rows]
+        out = self.log_dir.parent / f"commandstats-{peer}-A.txt"
+        out.write_text("\n".join(lines) + "\n")
 
     def drain_processes(self, peer: str, processes: int) -> dict[str, Any]:
         """A with several worker processes: each blocks in its first task until all have

@@ -18,12 +18,13 @@ for i = 1, #rows do
     out[i] = 0
     local row = rows[i]
     if #row > 0 then
-      if redis.call('EXISTS', KEYS[2 * i]) == 1 then
-        redis.call('HSET', KEYS[2 * i], row[1], row[2], row[3], row[4])
+      -- Every status write sets 'status': both fields new means there was no hash, so
+      -- the rest of the row is written too (one call instead of EXISTS + HSET usually).
+      if redis.call('HSET', KEYS[2 * i], row[1], row[2], row[3], row[4]) < 2 then
+        redis.call('PERSIST', KEYS[2 * i])  -- it may hold a terminal state's TTL
       else
-        redis.call('HSET', KEYS[2 * i], unpack(row))
+        redis.call('HSET', KEYS[2 * i], unpack(row, 5))
       end
-      redis.call('PERSIST', KEYS[2 * i])
     end
   end
 end

@@ -39,15 +39,17 @@ local function gate(i, fields)
     return 1
   end
   local key = status_prefix .. task_id
-  if redis.call('EXISTS', key) == 1 then
-    redis.call('HSET', key, 'status', 'running', 'started_at', started_at)
+  -- Every status write sets 'status': both fields new means there was no hash, so the
+  -- rest of the row is written too (one call instead of EXISTS + HSET in the usual case).
+  if redis.call('HSET', key, 'status', 'running', 'started_at', started_at) < 2 then
+    redis.call('PERSIST', key)  -- it may hold a terminal state's TTL (a repeated delivery)
   else
     local retry_count = f['retry_count']
     if not retry_count or retry_count == '' then
       retry_count = '0'
     end
-    local row = {'status', 'running', 'started_at', started_at, 'task_id', task_id,
-      'priority', ARGV[extra + 2 + i], 'retry_count', string.sub(retry_count, 1, 200)}
+    local row = {'task_id', task_id, 'priority', ARGV[extra + 2 + i],
+      'retry_count', string.sub(retry_count, 1, 200)}
     for _, name in ipairs({'task_type', 'created_at'}) do
       local value = f[name]
       if value and value ~= '' then
@@ -57,7 +59,6 @@ local function gate(i, fields)
     end
     redis.call('HSET', key, unpack(row))
   end
-  redis.call('PERSIST', key)
   return 0
 end
 for pass = 1, 2 do
