@@ -164,7 +164,7 @@ class AuditHook:
                 task.priority,
                 task.retry_count + 1,
                 end.outcome is Outcome.COMPLETED,
-                end.outcome.value,
+                end.outcome,  # a StrEnum: encodes as its value, without the .value lookup
                 type(error).__name__ if error is not None else None,
                 round(end.duration * 1000, 3),
             )

@@ -148,7 +148,7 @@ class MetricsHook:
 
     def after(self, task: Task, token: Any, end: TaskEnd) -> None:
         outcome = end.outcome
-        self._child(self.processed, task.task_type, task.priority, outcome.value).inc()
+        self._child(self.processed, task.task_type, task.priority, outcome).inc()
         self._child(self.duration, task.task_type).observe(end.duration)
         if outcome is Outcome.RETRYING:
             self._child(self.retries, task.task_type, task.priority).inc()
