@@ -21,6 +21,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import use_hiredis_packing
 from .keyspace import Keyspace, StreamFamily
@@ -30,7 +31,7 @@ from .wire import MAX_FIELDS, Delivery, Fields, pack_fields, parse_time
 if TYPE_CHECKING:
     from .settings import Settings
 
-__all__ = ["Broker", "ReplayReply", "StatusWrite", "connect", "connect_to"]
+__all__ = ["Broker", "CommandList", "ReplayReply", "StatusWrite", "connect", "connect_to"]
 
 log = logging.getLogger("streamworker.broker")
 
@@ -150,6 +151,14 @@ def _fit_for_lua(
             dropped += 1
     kept["dlq_fields_dropped"] = str(dropped)
     return kept
+
+
+class CommandList(list[tuple[Any, ...]]):
+    """Commands collected as a pipeline collects them (``execute_command``), to be sent with
+    :meth:`Broker.send_in_order`."""
+
+    def execute_command(self, *args: Any) -> None:
+        self.append(args)
 
 
 class Broker:
@@ -576,6 +585,61 @@ class Broker:
     def queue_publish_batch(self, pipe: Any, family: StreamFamily, entries: bytes) -> None:
         """Queue on ``pipe`` the XADD of a batch packed by :func:`wire.encode_entries`."""
         self._evalsha(pipe, "publish_batch", [family.stream], [entries])
+
+    def publish_batch_command(self, family: StreamFamily, entries: bytes) -> tuple[Any, ...]:
+        """The XADD of a batch packed by :func:`wire.encode_entries`, as one EVAL command
+        (the script's text, not its SHA: a command stream cannot be resent on NOSCRIPT)."""
+        return ("EVAL", self._source["publish_batch"], 1, family.stream, entries)
+
+    async def send_in_order(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> list[Any]:
+        """Send each chunk of commands as soon as ``chunks`` yields it, all on one connection,
+        and read the replies at the end: the caller builds chunk k+1 while Redis runs chunk
+        k, and Redis runs the commands in the order given (a pipeline builds everything
+        first, then waits). Raises the first error reply once every reply is read.
+
+        As a pipeline does, the whole stream is sent once more on a fresh connection after a
+        connection error, so a command may run twice (at-least-once). Single Redis only, and
+        only commands that need no NOSCRIPT retry (scripts go as EVAL)."""
+        chunks = iter(chunks)
+        sent: list[Sequence[Sequence[Any]]] = []
+        source: Iterable[Sequence[Sequence[Any]]] = chunks
+        for attempt in (1, 2):
+            try:
+                replies = await self._send_in_order(source, sent)
+                break
+            except (RedisConnectionError, RedisTimeoutError):
+                if attempt == 2:
+                    raise
+                source = [*sent, *chunks]  # what was built already, then the rest
+                sent = []
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    async def _send_in_order(
+        self, chunks: Iterable[Sequence[Sequence[Any]]], sent: list[Sequence[Sequence[Any]]]
+    ) -> list[Any]:
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            count = 0
+            for chunk in chunks:
+                sent.append(chunk)
+                await conn.send_packed_command(conn.pack_commands(chunk))
+                count += len(chunk)
+            replies: list[Any] = []
+            for _ in range(count):
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)  # an error reply: the connection stays in step
+            return replies
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
 
     async def run_pipeline(self, build: Callable[[Any], None]) -> list[Any]:
         """Send a pipeline built by ``build`` (which may queue scripts), raising its first error."""

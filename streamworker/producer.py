@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from itertools import chain
@@ -20,7 +20,7 @@ import anyio.from_thread
 import msgspec
 import redis.asyncio as aioredis
 
-from .broker import Broker, connect_to
+from .broker import Broker, CommandList, connect_to
 from .errors import InvalidTask
 from .hooks import ProducerHook
 from .keyspace import PRIORITIES, Keyspace, StreamFamily, priority_rank
@@ -49,6 +49,11 @@ class TaskSpec(msgspec.Struct, kw_only=True):
     #: Tasks with the same key go to the same partition (README "Scaling out"), so they are
     #: read in publish order. Not written to the entry: it may name a patient.
     partition_key: str | None = None
+
+
+#: publish_many sends a batch bigger than this in chunks of this many tasks, each as soon as it
+#: is built (Broker.send_in_order): Redis runs one while the next is being built.
+_CHUNK = 200
 
 
 class _Prepared:
@@ -343,6 +348,13 @@ class Producer:
 
     async def _write(self, prepared: list[_Prepared]) -> list[str]:
         ids = [p.task_id for p in prepared]
+        if (
+            len(prepared) > _CHUNK
+            and not self.keys.cluster
+            and not any(p.spec.idempotency_key for p in prepared)
+        ):
+            await self._broker.send_in_order(self._chunks(prepared))
+            return ids
         # Immediate tasks go to their stream as one script call per priority (one reply for the
         # whole batch instead of one per task); parked ones to the delayed set; both ride on one
         # pipeline with the status writes.
@@ -391,6 +403,26 @@ class Producer:
             if fresh and self.status.enabled and not p.colocated:
                 await self._write_first_status(task_id, p.first_status()[1])
         return ids
+
+    def _chunks(self, plain: list[_Prepared]) -> Iterator[list[tuple[Any, ...]]]:
+        """A big batch's commands, built a chunk at a time as ``send_in_order`` sends them:
+        per chunk, the first statuses, then the entries (one script call per priority) and
+        the parked tasks. Chunks go in order on one connection, so every status still comes
+        before its entry, and entries keep the batch's order."""
+        for start in range(0, len(plain), _CHUNK):
+            part = plain[start : start + _CHUNK]
+            commands = CommandList()
+            self.status.write_new(commands, [p.first_status() for p in part])
+            batches: dict[StreamFamily, list[list[str | bytes]]] = {}
+            for p in part:
+                if p.due_ms:
+                    commands.append(("ZADD", p.family.delayed, p.due_ms, pack_fields(p.fields)))
+                else:
+                    fields = list(chain.from_iterable(p.fields.items()))
+                    batches.setdefault(p.family, []).append(fields)
+            for family, entries in batches.items():
+                commands.append(self._broker.publish_batch_command(family, encode_entries(entries)))
+            yield commands
 
     async def _write_first_status(self, task_id: str, row: list[str]) -> None:
         def build(pipe: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -142,3 +143,73 @@ async def test_write_many_leaves_what_write_leaves(
         assert via_many == via_write
         ttl = await redis.ttl(keys.status(task_id))
         assert (ttl == -1) if state == "running" else (250 < ttl <= 300)
+
+
+async def test_a_big_batch_goes_in_chunks_in_order(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # Over _CHUNK tasks: sent a chunk at a time on one connection (send_in_order). Entries
+    # keep the batch's order per stream, parked tasks go to the delayed set, and every task
+    # has its first status.
+    producer = Producer.from_settings(settings, redis=redis)
+    keys = Keyspace(settings.prefix)
+    specs = [
+        TaskSpec(
+            task_type="note",
+            payload={"n": i},
+            priority=("high", "normal")[i % 2],
+            delay=3600 if i % 7 == 0 else None,
+        )
+        for i in range(1001)
+    ]
+    ids = await producer.publish_many(specs)
+    for priority, rest in (("high", 1), ("normal", 0)):
+        entries = await redis.xrange(keys.family(priority).stream)
+        expected = [ids[i] for i in range(1001) if i % 2 != rest and i % 7 != 0]
+        assert [f[b"task_id"].decode() for _, f in entries] == expected
+        assert await redis.zcard(keys.family(priority).delayed) == sum(
+            1 for i in range(1001) if i % 2 != rest and i % 7 == 0
+        )
+    states = [await producer.status.read(redis, task_id) for task_id in ids]
+    assert [s.status if s else None for s in states] == [
+        "scheduled" if i % 7 == 0 else "queued" for i in range(1001)
+    ]
+
+
+async def test_a_big_batch_with_an_error_reply_raises_and_the_connection_goes_on(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    producer = Producer.from_settings(settings, redis=redis)
+    keys = Keyspace(settings.prefix)
+    await redis.set(keys.family("low").stream, "not a stream")  # XADD there: WRONGTYPE
+    specs = [TaskSpec(task_type="note", payload={}, priority="low") for _ in range(500)]
+    with pytest.raises(aioredis.ResponseError, match="WRONGTYPE"):
+        await producer.publish_many(specs)
+    await redis.delete(keys.family("low").stream)
+    assert len(await producer.publish_many(specs)) == 500
+    assert await redis.xlen(keys.family("low").stream) == 500
+
+
+async def test_a_big_batch_is_sent_again_after_a_dropped_connection(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    producer = Producer.from_settings(settings)  # its own client and pool
+    keys = Keyspace(settings.prefix)
+    await producer.publish_many([TaskSpec(task_type="note", payload={})])  # a pooled connection
+    await redis.client_kill_filter(skipme=True)  # drops it (and every other but this one)
+    specs = [TaskSpec(task_type="note", payload={"n": i}) for i in range(500)]
+    calls = 0
+    send = producer._broker._send_in_order
+
+    async def counted(*args: Any) -> list[Any]:
+        nonlocal calls
+        calls += 1
+        return await send(*args)
+
+    producer._broker._send_in_order = counted  # type: ignore[method-assign]
+    ids = await producer.publish_many(specs)
+    assert calls == 2  # the first attempt failed on the dropped connection
+    entries = await redis.xrange(keys.family("normal").stream)
+    # The first connection never got a command through: the resend is the only copy.
+    assert [f[b"task_id"].decode() for _, f in entries][1:] == ids
+    await producer.aclose()
