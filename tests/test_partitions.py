@@ -468,13 +468,15 @@ async def _switch_partitions(old: Settings, new: Settings, redis: Any) -> None:
     """Drain-then-switch from ``old`` to ``new`` with delayed tasks, dead letters and an
     idempotency key left in the old layout; the CLI refuses while an entry is still queued."""
     producer = Producer.from_settings(old)
+    # Due only after the drain below (on a loaded machine that can take seconds): a delayed
+    # task that ran in the drain would never reach the migration.
     delayed = await producer.publish_many(
         [
-            TaskSpec(task_type="noop", payload={}, delay=1.5, partition_key=f"k{n}")
+            TaskSpec(task_type="noop", payload={}, delay=6, partition_key=f"k{n}")
             for n in range(30)
         ]
     )
-    visit = await producer.publish("noop", {}, delay=1.5, idempotency_key="visit-9")
+    visit = await producer.publish("noop", {}, delay=6, idempotency_key="visit-9")
     await _dead_letter_everywhere(old, redis)
     straggler = await producer.publish("noop", {})
     await producer.aclose()
@@ -526,7 +528,7 @@ async def _switch_partitions(old: Settings, new: Settings, redis: Any) -> None:
     status = await StatusStore(new_keys, 60).read(redis, straggler)
     assert status is not None and status.status == "completed"
     producer = Producer.from_settings(new)
-    assert await producer.publish("noop", {}, delay=1.5, idempotency_key="visit-9") == visit
+    assert await producer.publish("noop", {}, delay=6, idempotency_key="visit-9") == visit
     await producer.aclose()
     ran.clear()
     async with running_worker(new, _recording_registry(ran)):
