@@ -313,6 +313,7 @@ class Bench:
             time.sleep(2.0)
             rss1, mem1 = rss_bytes(pid), self.used_memory()
             keys_left = int(self.client.dbsize())
+            expiring, mem2 = self._without_retained()
         finally:
             self.stop_worker(proc)
         return {
@@ -322,7 +323,28 @@ class Bench:
             "redis_used_memory_before": mem0,
             "redis_used_memory_after": mem1,
             "redis_keys_after": keys_left,  # e.g. status hashes or results kept by design
+            "redis_keys_expiring": expiring,
+            "redis_used_memory_without_retained": mem2,
         }
+
+    def _without_retained(self) -> tuple[int, int]:
+        """Delete what a system keeps by design for a while (keys with a TTL: statuses,
+        results; streamworker's capped ``audit_events`` stream) and measure again: what is
+        left is what the run leaked, if anything."""
+        expiring = 0
+        keys = list(self.client.scan_iter(count=1000))
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            pipe = self.client.pipeline(transaction=False)
+            for key in chunk:
+                pipe.ttl(key)
+            doomed = [k for k, ttl in zip(chunk, pipe.execute(), strict=True) if ttl > 0]
+            if doomed:
+                self.client.delete(*doomed)
+                expiring += len(doomed)
+        self.client.delete("audit_events")
+        time.sleep(0.5)
+        return expiring, self.used_memory()
 
     def _prepublish(self, peer: str, n: int, *extra: str) -> None:
         if load(peer).BATCH:
@@ -418,7 +440,9 @@ def markdown(report: dict[str, Any]) -> str:
         rss = f"{_mb(e.get('worker_rss_before'))}→{_mb(e.get('worker_rss_after'))}" if e else "-"
         mem = (
             f"{_mb(e.get('redis_used_memory_before'))}→{_mb(e.get('redis_used_memory_after'))}"
-            f" ({e.get('redis_keys_after', '?')} keys)"
+            f" ({e.get('redis_keys_after', '?')} keys; "
+            f"{_mb(e.get('redis_used_memory_without_retained'))} without the "
+            f"{e.get('redis_keys_expiring', '?')} with a TTL and the audit stream)"
             if e
             else "-"
         )
