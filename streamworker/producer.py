@@ -380,7 +380,12 @@ class Producer:
 
             def build(pipe: Any) -> None:
                 if self.status.enabled:
-                    self.status.write_new(pipe, [p.first_status() for p in plain if p.colocated])
+                    here = [p for p in plain if p.colocated]
+                    self.status.write_new(
+                        pipe,
+                        [p.first_status() for p in here],
+                        [p.spec.task_id is None for p in here],
+                    )
                 for family, entries in batches.items():
                     self._broker.queue_publish_batch(pipe, family, encode_entries(entries))
                 for p in parked:
@@ -412,7 +417,9 @@ class Producer:
         for start in range(0, len(plain), _CHUNK):
             part = plain[start : start + _CHUNK]
             commands = CommandList()
-            self.status.write_new(commands, [p.first_status() for p in part])
+            self.status.write_new(
+                commands, [p.first_status() for p in part], [p.spec.task_id is None for p in part]
+            )
             batches: dict[StreamFamily, list[list[str | bytes]]] = {}
             for p in part:
                 if p.due_ms:

@@ -25,7 +25,8 @@ TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 # touch one slot: there the batch is split by the partition tag the keys carry (one call per
 # partition; for a worker's batch usually just one).
 # KEYS: status hashes. ARGV[1]: ttl of terminal states (s). ARGV[2]: MessagePack array with,
-# per key, {1 if terminal else 0, field, value, ...} (strings).
+# per key, {1 if terminal, 2 if the key is new (a task id just made), else 0, field, value,
+# ...} (strings).
 _WRITE_MANY_SCRIPT = """
 local rows = cmsgpack.unpack(ARGV[2])
 for i = 1, #KEYS do
@@ -33,9 +34,9 @@ for i = 1, #KEYS do
   redis.call('HSET', KEYS[i], unpack(row, 2))
   if row[1] == 1 then
     redis.call('EXPIRE', KEYS[i], ARGV[1])
-  else
+  elseif row[1] == 0 then
     redis.call('PERSIST', KEYS[i])
-  end
+  end  -- 2: the first write of a task id just made, so there is no TTL to remove
 end
 return #KEYS
 """
@@ -109,15 +110,26 @@ class StatusStore:
                 "EVAL", _WRITE_MANY_SCRIPT, len(keys), *keys, self._ttl, _rows_encoder.encode(rows)
             )
 
-    def write_new(self, pipe: Any, records: Sequence[tuple[str, list[str]]]) -> None:
+    def write_new(
+        self,
+        pipe: Any,
+        records: Sequence[tuple[str, list[str]]],
+        fresh: Sequence[bool] | None = None,
+    ) -> None:
         """Queue the first state of many new tasks as one script call on ``pipe``.
 
         Each record is ``(task_id, [field, value, ...])`` with ``status`` (a non-terminal
         state) and ``task_id`` among the fields: the publisher builds these rows directly.
+        ``fresh`` marks the ids the publisher just made: their hash cannot exist yet, so no
+        expiry needs removing (a given id may be an old task's, with a terminal state's TTL).
         """
         if not self.enabled or not records:
             return
-        self._queue_rows(pipe, [(task_id, [0, *row]) for task_id, row in records])
+        flags = [0] * len(records) if fresh is None else [2 if f else 0 for f in fresh]
+        self._queue_rows(
+            pipe,
+            [(task_id, [flag, *row]) for (task_id, row), flag in zip(records, flags, strict=True)],
+        )
 
     def write_first_if_absent(self, pipe: Any, task_id: str, row: Sequence[str]) -> None:
         """Queue the first status of a task already published (Redis Cluster, where it cannot
