@@ -471,10 +471,7 @@ async def _switch_partitions(old: Settings, new: Settings, redis: Any) -> None:
     # Due only after the drain below (on a loaded machine that can take seconds): a delayed
     # task that ran in the drain would never reach the migration.
     delayed = await producer.publish_many(
-        [
-            TaskSpec(task_type="noop", payload={}, delay=6, partition_key=f"k{n}")
-            for n in range(30)
-        ]
+        [TaskSpec(task_type="noop", payload={}, delay=6, partition_key=f"k{n}") for n in range(30)]
     )
     visit = await producer.publish("noop", {}, delay=6, idempotency_key="visit-9")
     await _dead_letter_everywhere(old, redis)
