@@ -1,0 +1,73 @@
+"""The client's connections: hiredis's packer gives the bytes redis-py's own would, refuses
+what redis-py refuses, and a command too big for one socket write still arrives whole."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
+from redis.exceptions import DataError
+
+from streamworker.broker import connect
+from streamworker.connection import FastConnection
+from streamworker.embedded import EmbeddedRedis
+
+pytestmark = pytest.mark.anyio
+
+COMMANDS: list[tuple[Any, ...]] = [
+    ("SET", "key", "value"),
+    ("XADD", b"stream", "*", "payload", '{"name":"ünïcødé ✓"}', "n", 12, "f", 0.25),
+    ("EVALSHA", "a" * 40, 2, "k1", "k2", -3, 1e20, b"\x00\xff"),
+    ("SCRIPT LOAD", "return 1"),  # two words in one argument go as two
+    (b"CLIENT SETNAME", b"me"),
+    ("SET", "view", memoryview(b"bytes")),
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: str(c[0]))
+def test_the_packer_gives_redis_pys_bytes(command: tuple[Any, ...]) -> None:
+    ours = b"".join(FastConnection().pack_command(*command))
+    theirs = b"".join(bytes(part) for part in Connection().pack_command(*command))
+    assert ours == theirs
+
+
+def test_pipelines_pack_as_one_buffer_with_the_same_bytes() -> None:
+    ours = b"".join(FastConnection().pack_commands(COMMANDS))
+    theirs = b"".join(bytes(part) for part in Connection().pack_commands(COMMANDS))
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("value", [None, True, {"a": 1}], ids=["none", "bool", "dict"])
+def test_what_redis_py_refuses_is_refused_with_its_error(value: Any) -> None:
+    with pytest.raises(DataError, match="Invalid input"):
+        FastConnection().pack_command("SET", "key", value)
+
+
+async def test_the_client_uses_it_and_a_big_command_arrives_whole(
+    redis_server: EmbeddedRedis,
+) -> None:
+    client = connect(redis_server.url)
+    try:
+        assert client.connection_pool.connection_class is FastConnection
+        big = b"x" * (8 * 1024 * 1024)  # more than the kernel takes in one write
+        await client.set("sw-test:big", big)
+        assert await client.strlen("sw-test:big") == len(big)
+        pipe = client.pipeline(transaction=False)
+        pipe.set("sw-test:small", "1").get("sw-test:small").delete("sw-test:big", "sw-test:small")
+        assert await pipe.execute() == [True, b"1", 2]
+    finally:
+        await client.aclose()
+
+
+async def test_an_error_reply_leaves_the_connection_usable(redis_server: EmbeddedRedis) -> None:
+    client = connect(redis_server.url, max_connections=1)  # the same connection throughout
+    try:
+        await client.set("sw-test:text", "not a list")
+        with pytest.raises(aioredis.ResponseError, match="WRONGTYPE"):
+            await client.lpush("sw-test:text", "x")
+        assert await client.get("sw-test:text") == b"not a list"
+    finally:
+        await client.delete("sw-test:text")
+        await client.aclose()
