@@ -78,7 +78,8 @@ def connect(url: str, *, cluster: bool = False, **options: Any) -> aioredis.Redi
     was lost: at-least-once, as everywhere else.
     """
     options.setdefault("retry", Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3))
-    options.setdefault("socket_keepalive", True)
+    if not url.lower().startswith("unix:"):
+        options.setdefault("socket_keepalive", True)  # TCP only: a Unix socket refuses it
     if cluster:
         client: Any = RedisCluster.from_url(url, decode_responses=False, **options)
         return cast("aioredis.Redis", client)

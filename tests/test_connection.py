@@ -3,6 +3,7 @@ what redis-py refuses, and a command too big for one socket write still arrives 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,9 +11,11 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
 
+from streamworker import Producer, Registry, Settings, TaskContext
 from streamworker.broker import connect
-from streamworker.connection import FastConnection
+from streamworker.connection import FastConnection, FastUnixDomainSocketConnection
 from streamworker.embedded import EmbeddedRedis
+from tests.conftest import running_worker, status_is, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -71,3 +74,30 @@ async def test_an_error_reply_leaves_the_connection_usable(redis_server: Embedde
     finally:
         await client.delete("sw-test:text")
         await client.aclose()
+
+
+async def test_a_unix_socket_url_works_end_to_end(tmp_path: Path, settings: Settings) -> None:
+    # REDIS_URL=unix://... (documented) used to fail: keepalive is a TCP option.
+    socket_path = tmp_path / "redis.sock"
+    unix = ("--unixsocket", str(socket_path), "--unixsocketperm", "700")
+    with EmbeddedRedis(extra_args=unix):
+        url = f"unix://{socket_path}"
+        client = connect(url)
+        assert client.connection_pool.connection_class is FastUnixDomainSocketConnection
+        settings = settings.with_overrides(redis_url=url)
+        ran: list[str] = []
+        registry = Registry()
+
+        @registry.handler("job")
+        async def job(payload: dict[str, Any], ctx: TaskContext) -> None:
+            ran.append(ctx.task_id)
+
+        producer = Producer.from_settings(settings)
+        try:
+            task_id = await producer.publish("job", {"text": "ünïcødé"})
+            async with running_worker(settings, registry):
+                await wait_for(lambda: status_is(client, settings, task_id, "completed"))
+            assert ran == [task_id]
+        finally:
+            await producer.aclose()
+            await client.aclose()
