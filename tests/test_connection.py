@@ -13,8 +13,12 @@ from redis.exceptions import DataError
 
 from streamworker import Producer, Registry, Settings, TaskContext
 from streamworker.broker import connect
-from streamworker.connection import FastConnection, FastUnixDomainSocketConnection
-from streamworker.embedded import EmbeddedRedis
+from streamworker.connection import (
+    FastConnection,
+    FastSSLConnection,
+    FastUnixDomainSocketConnection,
+)
+from streamworker.embedded import EmbeddedRedis, free_port
 from tests.conftest import running_worker, status_is, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -100,4 +104,32 @@ async def test_a_unix_socket_url_works_end_to_end(tmp_path: Path, settings: Sett
             assert ran == [task_id]
         finally:
             await producer.aclose()
+            await client.aclose()
+
+
+async def test_a_tls_url_gets_its_own_fast_class(tmp_path: Path) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    tls_port = free_port()
+    tls = (
+        "--tls-port", str(tls_port),
+        "--tls-cert-file", str(cert_file),
+        "--tls-key-file", str(key_file),
+        "--tls-ca-cert-file", str(ca_file),
+        "--tls-auth-clients", "no",
+    )  # fmt: skip
+    with EmbeddedRedis(extra_args=tls):  # the plain port answers the readiness check
+        client = connect(f"rediss://127.0.0.1:{tls_port}/0", ssl_ca_certs=str(ca_file))
+        try:
+            assert client.connection_pool.connection_class is FastSSLConnection
+            big = b"y" * (4 * 1024 * 1024)
+            await client.set("sw-test:tls", big)
+            assert await client.get("sw-test:tls") == big
+        finally:
             await client.aclose()
