@@ -583,13 +583,10 @@ class Broker:
 
     # -- publishing -----------------------------------------------------------------------
 
-    def queue_publish_batch(self, pipe: Any, family: StreamFamily, entries: bytes) -> None:
-        """Queue on ``pipe`` the XADD of a batch packed by :func:`wire.encode_entries`."""
-        self._evalsha(pipe, "publish_batch", [family.stream], [entries])
-
     def publish_batch_command(self, family: StreamFamily, entries: bytes) -> tuple[Any, ...]:
-        """The XADD of a batch packed by :func:`wire.encode_entries`, as one EVAL command
-        (the script's text, not its SHA: a command stream cannot be resent on NOSCRIPT)."""
+        """The XADD of a batch packed by :func:`wire.encode_entries`, as one EVAL command for a
+        pipeline or :meth:`send_in_order` (the script's text, not its SHA: a command stream
+        cannot be resent on NOSCRIPT)."""
         return ("EVAL", self._source["publish_batch"], 1, family.stream, entries)
 
     async def send_in_order(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> list[Any]:

@@ -355,20 +355,7 @@ class Producer:
         ):
             await self._broker.send_in_order(self._chunks(prepared))
             return ids
-        # Immediate tasks go to their stream as one script call per priority (one reply for the
-        # whole batch instead of one per task); parked ones to the delayed set; both ride on one
-        # pipeline with the status writes.
-        batches: dict[StreamFamily, list[list[str | bytes]]] = {}
-        parked: list[_Prepared] = []
-        plain: list[_Prepared] = []
-        for p in prepared:
-            if p.spec.idempotency_key:
-                continue
-            plain.append(p)
-            if p.due_ms:
-                parked.append(p)
-            else:
-                batches.setdefault(p.family, []).append(list(chain.from_iterable(p.fields.items())))
+        plain = [p for p in prepared if not p.spec.idempotency_key]
         # The first statuses are queued before the entries, so a worker can never find a task
         # whose first status is still to come: in one pipeline where a status is in its
         # stream's slot (one connection, in order), else first, in a round trip of their own
@@ -377,19 +364,11 @@ class Producer:
         if apart and self.status.enabled:
             await self._broker.run_pipeline(lambda pipe: self.status.write_new(pipe, apart))
         if plain:
+            commands = self._commands(plain, [p for p in plain if p.colocated])
 
             def build(pipe: Any) -> None:
-                if self.status.enabled:
-                    here = [p for p in plain if p.colocated]
-                    self.status.write_new(
-                        pipe,
-                        [p.first_status() for p in here],
-                        [p.spec.task_id is None for p in here],
-                    )
-                for family, entries in batches.items():
-                    self._broker.queue_publish_batch(pipe, family, encode_entries(entries))
-                for p in parked:
-                    pipe.zadd(p.family.delayed, {pack_fields(p.fields): p.due_ms})
+                for command in commands:
+                    pipe.execute_command(*command)
 
             await self._broker.run_pipeline(build)
         for i, p in enumerate(prepared):
@@ -409,27 +388,35 @@ class Producer:
                 await self._write_first_status(task_id, p.first_status()[1])
         return ids
 
-    def _chunks(self, plain: list[_Prepared]) -> Iterator[list[tuple[Any, ...]]]:
-        """A big batch's commands, built a chunk at a time as ``send_in_order`` sends them:
-        per chunk, the first statuses, then the entries (one script call per priority) and
-        the parked tasks. Chunks go in order on one connection, so every status still comes
-        before its entry, and entries keep the batch's order."""
+    def _chunks(self, plain: list[_Prepared]) -> Iterator[CommandList]:
+        """A big batch's commands, built a chunk at a time as ``send_in_order`` sends them.
+        Chunks go in order on one connection, so every status still comes before its entry,
+        and entries keep the batch's order."""
         for start in range(0, len(plain), _CHUNK):
             part = plain[start : start + _CHUNK]
-            commands = CommandList()
-            self.status.write_new(
-                commands, [p.first_status() for p in part], [p.spec.task_id is None for p in part]
-            )
-            batches: dict[StreamFamily, list[list[str | bytes]]] = {}
-            for p in part:
-                if p.due_ms:
-                    commands.append(("ZADD", p.family.delayed, p.due_ms, pack_fields(p.fields)))
-                else:
-                    fields = list(chain.from_iterable(p.fields.items()))
-                    batches.setdefault(p.family, []).append(fields)
-            for family, entries in batches.items():
-                commands.append(self._broker.publish_batch_command(family, encode_entries(entries)))
-            yield commands
+            yield self._commands(part, part)
+
+    def _commands(self, part: list[_Prepared], statuses: list[_Prepared]) -> CommandList:
+        """The writes of ``part``: the first statuses of ``statuses`` (those that ride with
+        the entries), then the immediate tasks as one script call per priority (one reply
+        for the whole batch instead of one per task) and the parked ones into their delayed
+        sets."""
+        commands = CommandList()
+        self.status.write_new(
+            commands,
+            [p.first_status() for p in statuses],
+            [p.spec.task_id is None for p in statuses],
+        )
+        batches: dict[StreamFamily, list[list[str | bytes]]] = {}
+        for p in part:
+            if p.due_ms:
+                commands.append(("ZADD", p.family.delayed, p.due_ms, pack_fields(p.fields)))
+            else:
+                fields = list(chain.from_iterable(p.fields.items()))
+                batches.setdefault(p.family, []).append(fields)
+        for family, entries in batches.items():
+            commands.append(self._broker.publish_batch_command(family, encode_entries(entries)))
+        return commands
 
     async def _write_first_status(self, task_id: str, row: list[str]) -> None:
         def build(pipe: Any) -> None:
