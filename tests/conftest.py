@@ -21,7 +21,7 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from streamworker import Registry, Settings, Worker
+from streamworker import Registry, Settings, TaskContext, Worker
 from streamworker.broker import connect
 from streamworker.embedded import EmbeddedCluster, EmbeddedRedis
 
@@ -82,6 +82,17 @@ async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+def recording_registry(ran: list[str], task_type: str = "noop") -> Registry:
+    """A registry whose one handler records the id of every task it runs in ``ran``."""
+    registry = Registry()
+
+    @registry.handler(task_type)
+    async def record(payload: dict[str, Any], ctx: TaskContext) -> None:
+        ran.append(ctx.task_id)
+
+    return registry
 
 
 @asynccontextmanager

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
 
-from streamworker import Producer, Registry, Settings, TaskContext
+from streamworker import Producer, Settings
 from streamworker.broker import connect
 from streamworker.connection import (
     FastConnection,
@@ -19,7 +19,7 @@ from streamworker.connection import (
     FastUnixDomainSocketConnection,
 )
 from streamworker.embedded import EmbeddedRedis, free_port
-from tests.conftest import running_worker, status_is, wait_for
+from tests.conftest import recording_registry, running_worker, status_is, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -90,16 +90,10 @@ async def test_a_unix_socket_url_works_end_to_end(tmp_path: Path, settings: Sett
         assert client.connection_pool.connection_class is FastUnixDomainSocketConnection
         settings = settings.with_overrides(redis_url=url)
         ran: list[str] = []
-        registry = Registry()
-
-        @registry.handler("job")
-        async def job(payload: dict[str, Any], ctx: TaskContext) -> None:
-            ran.append(ctx.task_id)
-
         producer = Producer.from_settings(settings)
         try:
             task_id = await producer.publish("job", {"text": "ünïcødé"})
-            async with running_worker(settings, registry):
+            async with running_worker(settings, recording_registry(ran, "job")):
                 await wait_for(lambda: status_is(client, settings, task_id, "completed"))
             assert ran == [task_id]
         finally:

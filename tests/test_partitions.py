@@ -35,6 +35,7 @@ from streamworker.stats import collect_stats
 from streamworker.status import StatusStore
 from tests.conftest import (
     WorkerProcess,
+    recording_registry,
     running_worker,
     start_worker_process,
     wait_for,
@@ -105,16 +106,6 @@ def test_bad_partition_settings_are_refused_with_the_variable_named() -> None:
 # -- one node, several partitions ---------------------------------------------------------------
 
 
-def _recording_registry(ran: list[str]) -> Registry:
-    registry = Registry()
-
-    @registry.handler("noop")
-    async def noop(payload: dict[str, Any], ctx: TaskContext) -> None:
-        ran.append(ctx.task_id)
-
-    return registry
-
-
 async def test_one_node_spreads_tasks_over_partitions_and_drains_them(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
@@ -139,7 +130,7 @@ async def test_one_node_spreads_tasks_over_partitions_and_drains_them(
     assert len(stats.partitions) == 16 and sum(p.length for p in stats.partitions) == 420
 
     ran: list[str] = []
-    async with running_worker(settings, _recording_registry(ran)):
+    async with running_worker(settings, recording_registry(ran)):
         await wait_for(lambda: len(ran) == 420)
     assert Counter(ran) == Counter(ids + keyed)
     stats = await collect_stats(redis, keys, settings.group)
@@ -157,7 +148,7 @@ async def test_strict_priority_holds_across_partitions_on_one_node(
     )
     await producer.aclose()
     ran: list[str] = []
-    async with running_worker(settings, _recording_registry(ran)):
+    async with running_worker(settings, recording_registry(ran)):
         await wait_for(lambda: len(ran) == 60)
     # one slot: every critical task (on any partition) before any low one
     assert set(ran[:30]) == set(critical) and set(ran[30:]) == set(low)
@@ -451,7 +442,7 @@ async def test_cluster_idempotent_publish_and_status(
         status = await cluster_redis.hgetall(keys.status(task_id))
         assert status[b"status"] == b"queued", task_id
     ran: list[str] = []
-    async with running_worker(settings, _recording_registry(ran)):
+    async with running_worker(settings, recording_registry(ran)):
         await wait_for(lambda: len(ran) == len(everything))
 
     async def completed() -> bool:
@@ -491,7 +482,7 @@ async def _switch_partitions(old: Settings, new: Settings, redis: Any) -> None:
     assert sum([int(await redis.zcard(f.delayed)) for f in old_keys.families]) == 31
 
     ran: list[str] = []
-    async with running_worker(old, _recording_registry(ran)):  # the drain
+    async with running_worker(old, recording_registry(ran)):  # the drain
         await wait_for(lambda: ran == [straggler])
     dry = subprocess.run(
         [*command, "--dry-run", "--json"], env=env, capture_output=True, text=True, check=False
@@ -528,7 +519,7 @@ async def _switch_partitions(old: Settings, new: Settings, redis: Any) -> None:
     assert await producer.publish("noop", {}, delay=6, idempotency_key="visit-9") == visit
     await producer.aclose()
     ran.clear()
-    async with running_worker(new, _recording_registry(ran)):
+    async with running_worker(new, recording_registry(ran)):
         await wait_for(lambda: len(ran) == 31)
     assert sorted(ran) == sorted([*delayed, visit])
     await _replay_all_and_run(new, redis, old_keys.partitions, one_per_partition=False)
@@ -578,7 +569,7 @@ async def test_cluster_scheduler_leases_and_publishes_each_occurrence_once(
     schedules = [Schedule(name="m", cron="* * * * *", task_type="noop")]
     t0 = (int(time.time()) // 60) * 60
     clock = ManualClock(t0 - 0.5)
-    registry = _recording_registry([])
+    registry = recording_registry([])
     one = Scheduler(
         settings.with_overrides(consumer="s-1"), schedules, registry=registry, clock=clock,
         redis=cluster_redis,
