@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 __all__ = ["EmbeddedCluster", "EmbeddedRedis", "RedisServerError", "free_port"]
 
@@ -25,7 +26,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class EmbeddedRedis:
+class _Managed:
+    """``with server:`` starts it and closes it (stopped, its directory removed) on exit."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class EmbeddedRedis(_Managed):
     def __init__(
         self,
         *,
@@ -109,17 +131,6 @@ class EmbeddedRedis:
         if self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> EmbeddedRedis:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -139,7 +150,7 @@ def _free_cluster_port() -> int:
     raise RedisServerError("no free port pair for a cluster node")
 
 
-class EmbeddedCluster:
+class EmbeddedCluster(_Managed):
     """A private Redis Cluster of ``masters`` redis-servers on loopback (no replicas), made
     with ``redis-cli --cluster create`` (each master takes an equal share of the slots).
 
@@ -204,14 +215,3 @@ class EmbeddedCluster:
     def close(self) -> None:
         for node in self.nodes:
             node.close()
-
-    def __enter__(self) -> EmbeddedCluster:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
