@@ -148,8 +148,7 @@ class Bench:
             if raw:
                 record: dict[str, Any] = json.loads(raw)
                 return record
-            if proc.poll() is not None:
-                raise RunError(f"worker exited with {proc.returncode} (see bench/results/logs)")
+            _raise_if_exited([proc])
             time.sleep(0.02)
         raise RunError(f"timed out after {timeout:.0f}s waiting for {key}")
 
@@ -214,9 +213,7 @@ class Bench:
         try:
             deadline = time.monotonic() + 120
             while int(self.client.scard(ARRIVED_KEY)) < processes:
-                for proc in procs:
-                    if proc.poll() is not None:
-                        raise RunError(f"worker exited with {proc.returncode}")
+                _raise_if_exited(procs)
                 if time.monotonic() > deadline:
                     raise RunError(f"only {self.client.scard(ARRIVED_KEY)} processes started")
                 time.sleep(0.01)
@@ -227,9 +224,7 @@ class Bench:
                 records = [json.loads(v) for v in self.client.hgetall(PROGRESS_KEY).values()]
                 if sum(r["done"] for r in records) >= n:
                     break
-                for proc in procs:
-                    if proc.poll() is not None:
-                        raise RunError(f"worker exited with {proc.returncode}")
+                _raise_if_exited(procs)
                 if time.monotonic() > deadline:
                     raise RunError(f"timed out after {sum(r['done'] for r in records)} tasks")
                 time.sleep(0.02)
@@ -351,6 +346,12 @@ class Bench:
             self.publish(peer, n, "--mode", "many", "--batch", "1000", *extra)
         else:
             self.publish(peer, n, "--mode", "single", "--concurrency", "32", *extra)
+
+
+def _raise_if_exited(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is not None:
+            raise RunError(f"worker exited with {proc.returncode} (see bench/results/logs)")
 
 
 # -- reporting --------------------------------------------------------------------------------
