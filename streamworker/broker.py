@@ -304,8 +304,9 @@ class Broker:
 
     async def begin(self, deliveries: Sequence[Delivery], started_at: str) -> int:
         """Pass a batch through the start gate (``begin_batch.lua``): flag the deliveries whose
-        task was cancelled and mark the others ``running``, in one round trip. Returns how
-        many were cancelled. Only used when statuses are tracked (a cancel needs them)."""
+        task was cancelled and mark the others ``running``, in one round trip. Deliveries the
+        read already gated (``gated``) are skipped. Returns how many of the others were
+        cancelled. Only used when statuses are tracked (a cancel needs them)."""
         keys: list[str] = []
         rows: list[list[str]] = []
         gated: list[Delivery] = []
