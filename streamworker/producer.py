@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from itertools import chain
@@ -21,6 +21,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from .broker import Broker, CommandList, connect_to
+from .coalesce import Coalescer
 from .errors import InvalidTask
 from .hooks import ProducerHook
 from .keyspace import PRIORITIES, Keyspace, StreamFamily, priority_rank
@@ -131,6 +132,7 @@ class Producer:
         # at a random one so that many producers do not all begin with the same partition.
         self._turn = random.randrange(self.keys.partitions)
         self._checked_types: set[str] = set()
+        self._coalescer: Coalescer[_Prepared, str] = Coalescer(self._write)
 
     @classmethod
     def from_settings(
@@ -188,7 +190,9 @@ class Producer:
             task_id=task_id,
             partition_key=partition_key,
         )
-        return (await self.publish_many([spec]))[0]
+        now = time.time()
+        prepared = self._prepare(spec, now, format_time(now), new_task_ids(1)[0])
+        return (await self._hooked([prepared], self._write_one))[0]
 
     async def publish_many(self, specs: Iterable[TaskSpec]) -> list[str]:
         """Publish a batch in one pipelined round trip; returns the task ids in order.
@@ -200,18 +204,29 @@ class Producer:
         created_at = format_time(now)  # one clock reading for the batch: cheaper, same order
         ids = new_task_ids(len(items))
         prepared = [self._prepare(spec, now, created_at, ids[i]) for i, spec in enumerate(items)]
+        return await self._hooked(prepared, self._write)
+
+    # -- internals ------------------------------------------------------------------------
+
+    async def _hooked(
+        self, prepared: list[_Prepared], write: Callable[[list[_Prepared]], Awaitable[list[str]]]
+    ) -> list[str]:
+        """``write(prepared)`` between the producer hooks' ``before_publish`` and
+        ``after_publish``."""
         if not self._hooks:
-            return await self._write(prepared)
+            return await write(prepared)
         tokens = [self._before_publish(p) for p in prepared]
         try:
-            result = await self._write(prepared)
+            result = await write(prepared)
         except BaseException as exc:
             self._after_publish(tokens, prepared, exc)
             raise
         self._after_publish(tokens, prepared, None)
         return result
 
-    # -- internals ------------------------------------------------------------------------
+    async def _write_one(self, prepared: list[_Prepared]) -> list[str]:
+        # Concurrent publishes share round trips: group commit (coalesce.py).
+        return [await self._coalescer.submit(prepared[0])]
 
     def validate_payload(self, task_type: str, payload: Any) -> bytes:
         """The payload as JSON bytes, checked against the contract of ``task_type`` if known."""
@@ -348,11 +363,7 @@ class Producer:
 
     async def _write(self, prepared: list[_Prepared]) -> list[str]:
         ids = [p.task_id for p in prepared]
-        if (
-            len(prepared) > _CHUNK
-            and not self.keys.cluster
-            and not any(p.spec.idempotency_key for p in prepared)
-        ):
+        if not self.keys.cluster and not any(p.spec.idempotency_key for p in prepared):
             await self._broker.send_in_order(self._chunks(prepared))
             return ids
         plain = [p for p in prepared if not p.spec.idempotency_key]
