@@ -176,7 +176,10 @@ class Producer:
         task_id: str | None = None,
         partition_key: str | None = None,
     ) -> str:
-        """Publish one task; return its id (the first task's id for a repeated idempotency key)."""
+        """Publish one task; return its id (the first task's id for a repeated idempotency key).
+
+        Concurrent calls share round trips: one made while another call's write is on its
+        way waits for it, then goes out with the others that waited (``coalesce.py``)."""
         spec = TaskSpec(
             task_type=task_type,
             payload=payload,
