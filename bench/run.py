@@ -15,7 +15,9 @@ Workloads (counts for the full run; ``--quick`` shrinks them and does one repeti
 - C latency: 1,000 tasks/s paced for 10 s into a running worker: enqueue→start p50/p95/p99/max
   (enqueue time travels in the payload), and whether all were delivered.
 - D io-bound: 5,000 tasks that each sleep 10 ms, at concurrency 32 and 256.
-- E memory: worker RSS and Redis ``used_memory`` before and after 200,000 tasks.
+- E memory: worker RSS and Redis ``used_memory`` before and after 200,000 tasks; for
+  streamworker once more with statuses kept 10 s and the audit stream capped at 1,000, measured
+  after Redis's own expiry has removed every key with a TTL (nothing deleted by the bench).
 
 Concurrency (WORKER_COUNT for streamworker, max_jobs/concurrency/threads for the peers) is 64
 for A, C and E, so a no-op drain is limited by the per-task cost, not by slots.
@@ -52,6 +54,9 @@ RESULTS = ROOT / "bench" / "results"
 DRAIN_CONCURRENCY = 64
 #: Systems whose drain (A) is also run with several worker processes (``--processes``).
 MULTI_PROCESS_PEERS = frozenset({"streamworker"})
+#: Systems whose memory run (E) is repeated with short retention ("Et"), and its settings.
+SHORT_RETENTION_PEERS = frozenset({"streamworker"})
+SHORT_RETENTION = {"COMPLETED_TTL_SECONDS": "10", "AUDIT_STREAM_MAXLEN": "1000"}
 
 FULL = {"A": 20_000, "B": 20_000, "C_rate": 1000, "C_seconds": 10, "D": 5_000, "E": 200_000}
 QUICK = {"A": 3_000, "B": 3_000, "C_rate": 300, "C_seconds": 3, "D": 1_000, "E": 20_000}
@@ -322,6 +327,47 @@ class Bench:
             "redis_used_memory_without_retained": mem2,
         }
 
+    def memory_expiring(self, peer: str) -> dict[str, Any]:
+        """E again with short retention (``SHORT_RETENTION``): statuses expire 10 s after the
+        task ends and the audit stream is capped at 1,000 entries. Nothing is deleted by the
+        bench: once Redis's own expiry has removed every key with a TTL, ``used_memory`` is
+        measured again."""
+        n, warm = self.sizes["E"], 1000
+        self.fresh()
+        proc = self.start_worker(
+            peer, DRAIN_CONCURRENCY, warm + n, warm, "Et", extra=SHORT_RETENTION
+        )
+        try:
+            self._prepublish(peer, warm)
+            pid = int(self.wait_key(WARM_KEY, proc, 300)["pid"])
+            time.sleep(1.0)
+            rss0, mem0 = rss_bytes(pid), self.used_memory()
+            self._prepublish(peer, n)
+            self.wait_key(RESULT_KEY, proc, 120 + n / 20)
+            rss1 = rss_bytes(pid)
+            started = time.monotonic()
+            while self._expiring_keys() and time.monotonic() - started < 180:
+                time.sleep(0.5)
+            waited = time.monotonic() - started
+            time.sleep(1.0)
+            mem1, left = self.used_memory(), self._expiring_keys()
+        finally:
+            self.stop_worker(proc)
+        return {
+            "tasks": n,
+            "worker_rss_before": rss0,
+            "worker_rss_after": rss1,
+            "redis_used_memory_before": mem0,
+            "redis_used_memory_after": mem1,
+            "redis_keys_after": int(self.client.dbsize()),
+            "redis_keys_expiring": left,
+            "expiry_wait_seconds": round(waited, 1),
+        }
+
+    def _expiring_keys(self) -> int:
+        db = self.client.info("keyspace").get("db0", {})
+        return int(db.get("expires", 0)) if isinstance(db, dict) else 0
+
     def _without_retained(self) -> tuple[int, int]:
         """Delete what a system keeps by design for a while (keys with a TTL: statuses,
         results; streamworker's capped ``audit_events`` stream) and measure again: what is
@@ -463,6 +509,18 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {_num(m.get('worker_us_per_task'), 1)} (sum) "
                 f"| {_num(m.get('redis_us_per_task'), 1)} |" + " - |" * 7
             )
+    for peer in report["peers"]:
+        e = medians.get(peer, {}).get("Et")
+        if not e or "error" in e:
+            continue
+        lines.append(
+            f"| {peer}, statuses kept 10 s, audit stream 1,000 |"
+            + " - |" * 8
+            + f" {_mb(e.get('worker_rss_before'))}→{_mb(e.get('worker_rss_after'))} "
+            f"| {_mb(e.get('redis_used_memory_before'))}→{_mb(e.get('redis_used_memory_after'))}"
+            f" ({e.get('redis_keys_after', '?')} keys, after Redis expired the rest in "
+            f"{e.get('expiry_wait_seconds', '?')} s) |"
+        )
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
     if report.get("skipped"):
         lines += ["", "Skipped:"] + [f"- {k}: {v}" for k, v in report["skipped"].items()]
@@ -566,12 +624,15 @@ def main(argv: list[str] | None = None) -> int:
                 plan.append(("D256", n, lambda p: bench.io_bound(p, 256)))
             elif w == "E":
                 plan.append(("E", 1 if "E" in once else reps, bench.memory))
+                plan.append(("Et", 1 if "E" in once else reps, bench.memory_expiring))
         for label, count, fn in plan:
             for rep in range(count):
                 for peer in peers:  # side by side: every system once per repetition
                     if label[0] not in load(peer).WORKLOADS:
                         continue
                     if label.endswith("p") and peer not in MULTI_PROCESS_PEERS:
+                        continue
+                    if label == "Et" and peer not in SHORT_RETENTION_PEERS:
                         continue
                     skip = getattr(load(peer), "SKIP", {}).get(label)
                     if skip:
