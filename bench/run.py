@@ -38,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -300,69 +301,69 @@ class Bench:
         return {"tasks_per_s": n / result["seconds"], "ideal_tasks_per_s": concurrency / 0.01}
 
     def memory(self, peer: str) -> dict[str, Any]:
-        n, warm = self.sizes["E"], 1000
-        self.fresh()
-        proc = self.start_worker(peer, DRAIN_CONCURRENCY, warm + n, warm, "E")
-        try:
-            self._prepublish(peer, warm)
-            pid = int(self.wait_key(WARM_KEY, proc, 300)["pid"])
-            time.sleep(1.0)  # let the warm-up's acks and deletes land
-            rss0, mem0 = rss_bytes(pid), self.used_memory()
-            self._prepublish(peer, n)
-            self.wait_key(RESULT_KEY, proc, 120 + n / 20)
+        def after(pid: int) -> dict[str, Any]:
             time.sleep(2.0)
             rss1, mem1 = rss_bytes(pid), self.used_memory()
             keys_left = int(self.client.dbsize())
             expiring, mem2 = self._without_retained()
-        finally:
-            self.stop_worker(proc)
-        return {
-            "tasks": n,
-            "worker_rss_before": rss0,
-            "worker_rss_after": rss1,
-            "redis_used_memory_before": mem0,
-            "redis_used_memory_after": mem1,
-            "redis_keys_after": keys_left,  # e.g. status hashes or results kept by design
-            "redis_keys_expiring": expiring,
-            "redis_used_memory_without_retained": mem2,
-        }
+            return {
+                "worker_rss_after": rss1,
+                "redis_used_memory_after": mem1,
+                "redis_keys_after": keys_left,  # e.g. status hashes or results kept by design
+                "redis_keys_expiring": expiring,
+                "redis_used_memory_without_retained": mem2,
+            }
+
+        return self._memory_run(peer, "E", None, after)
 
     def memory_expiring(self, peer: str) -> dict[str, Any]:
         """E again with short retention (``SHORT_RETENTION``): statuses expire 10 s after the
         task ends and the audit stream is capped at 1,000 entries. Nothing is deleted by the
         bench: once Redis's own expiry has removed every key with a TTL, ``used_memory`` is
         measured again."""
-        n, warm = self.sizes["E"], 1000
-        self.fresh()
-        proc = self.start_worker(
-            peer, DRAIN_CONCURRENCY, warm + n, warm, "Et", extra=SHORT_RETENTION
-        )
-        try:
-            self._prepublish(peer, warm)
-            pid = int(self.wait_key(WARM_KEY, proc, 300)["pid"])
-            time.sleep(1.0)
-            rss0, mem0 = rss_bytes(pid), self.used_memory()
-            self._prepublish(peer, n)
-            self.wait_key(RESULT_KEY, proc, 120 + n / 20)
+
+        def after(pid: int) -> dict[str, Any]:
             rss1 = rss_bytes(pid)
             started = time.monotonic()
             while self._expiring_keys() and time.monotonic() - started < 180:
                 time.sleep(0.5)
             waited = time.monotonic() - started
             time.sleep(1.0)
-            mem1, left = self.used_memory(), self._expiring_keys()
+            return {
+                "worker_rss_after": rss1,
+                "redis_used_memory_after": self.used_memory(),
+                "redis_keys_after": int(self.client.dbsize()),
+                "redis_keys_expiring": self._expiring_keys(),
+                "expiry_wait_seconds": round(waited, 1),
+            }
+
+        return self._memory_run(peer, "Et", SHORT_RETENTION, after)
+
+    def _memory_run(
+        self,
+        peer: str,
+        label: str,
+        extra: dict[str, str] | None,
+        after: Callable[[int], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """A worker warmed up with 1,000 tasks, measured, then sent the E tasks; ``after``
+        measures once they are done (given the worker's pid)."""
+        n, warm = self.sizes["E"], 1000
+        self.fresh()
+        proc = self.start_worker(peer, DRAIN_CONCURRENCY, warm + n, warm, label, extra=extra)
+        try:
+            self._prepublish(peer, warm)
+            pid = int(self.wait_key(WARM_KEY, proc, 300)["pid"])
+            time.sleep(1.0)  # let the warm-up's acks and deletes land
+            before = {
+                "worker_rss_before": rss_bytes(pid),
+                "redis_used_memory_before": self.used_memory(),
+            }
+            self._prepublish(peer, n)
+            self.wait_key(RESULT_KEY, proc, 120 + n / 20)
+            return {"tasks": n, **before, **after(pid)}
         finally:
             self.stop_worker(proc)
-        return {
-            "tasks": n,
-            "worker_rss_before": rss0,
-            "worker_rss_after": rss1,
-            "redis_used_memory_before": mem0,
-            "redis_used_memory_after": mem1,
-            "redis_keys_after": int(self.client.dbsize()),
-            "redis_keys_expiring": left,
-            "expiry_wait_seconds": round(waited, 1),
-        }
 
     def _expiring_keys(self) -> int:
         db = self.client.info("keyspace").get("db0", {})
