@@ -40,7 +40,7 @@ class Coalescer(Generic[T, R]):
         self._max_batch = max_batch
         self._waiting: deque[tuple[T, asyncio.Future[object]]] = deque()
         self._busy = False  # a leader is writing, or has been chosen and is about to
-        self.batches = 0  # writes made (for tests and the bench)
+        self.batches = 0  # writes made (the tests count them)
 
     async def submit(self, item: T) -> R:
         """Write ``item`` (alone or with others) and return its result."""
