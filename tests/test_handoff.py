@@ -114,3 +114,56 @@ async def test_a_runner_cancelled_after_its_wake_up_passes_the_wake_up_on() -> N
         await anyio.wait_all_tasks_blocked()
         assert got == [b"8-0"]  # the second runner took it
         feed.close()
+
+
+async def test_runners_are_woken_only_as_their_handlers_wait() -> None:
+    # A runner whose task finishes without waiting takes the next delivery itself; another
+    # runner is woken only to stand by, so a batch costs a couple of wake-ups, not one each.
+    handoff = Handoff()
+    feed = handoff.feed()
+    taken_by: dict[int, int] = {}
+
+    async def runner(n: int) -> None:
+        with contextlib.suppress(anyio.EndOfStream):
+            while True:
+                await handoff.take()
+                taken_by[n] = taken_by.get(n, 0) + 1
+
+    async with anyio.create_task_group() as tg:
+        for n in range(8):
+            tg.start_soon(runner, n)
+        await anyio.wait_all_tasks_blocked()
+        for n in range(50):
+            await feed.send(delivery(n))
+        await anyio.wait_all_tasks_blocked()
+        assert sum(taken_by.values()) == 50
+        assert len(taken_by) == 1  # one runner ran them all; the one on standby found none
+        feed.close()
+
+
+async def test_a_waiting_handler_never_holds_up_the_deliveries_behind_it() -> None:
+    handoff = Handoff()
+    feed = handoff.feed()
+    release = anyio.Event()
+    running: list[bytes] = []
+
+    async def runner() -> None:
+        with contextlib.suppress(anyio.EndOfStream):
+            while True:
+                item = await handoff.take()
+                running.append(item.entry_id)
+                await release.wait()  # a handler waiting on I/O
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(runner)
+        await anyio.wait_all_tasks_blocked()
+        for n in range(6):
+            await feed.send(delivery(n))
+        await anyio.wait_all_tasks_blocked()
+        # Each waiting handler's runner handed the next delivery on: all four run at once.
+        assert running == [f"{n}-0".encode() for n in range(4)]
+        release.set()
+        await anyio.wait_all_tasks_blocked()
+        assert len(running) == 6
+        feed.close()

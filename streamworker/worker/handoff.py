@@ -2,10 +2,16 @@
 
 A feeder only hands over deliveries it took handler slots for (``Slots``), and there are as
 many runner tasks as slots, so the queue here never holds more than ``concurrency`` entries and
-needs no bound of its own. A deque plus one wake-up per idle runner costs far less per delivery
-than a zero-capacity memory object stream, where every delivery is a rendezvous (a checkpoint
-in ``send``, a waiter object and a task switch each); and a runner that finishes a task while
-another is waiting takes it without suspending at all.
+needs no bound of its own. A deque costs far less per delivery than a zero-capacity memory
+object stream, where every delivery is a rendezvous (a checkpoint in ``send``, a waiter object
+and a task switch each); and a runner that finishes a task while another is waiting takes it
+without suspending at all.
+
+Wake-ups are chained: while work is queued, exactly one idle runner stands woken. The runner
+that takes a delivery wakes the next one only if none is standing by. So when handlers finish
+without waiting (a quick task), one runner goes through a whole batch and a batch costs a
+couple of wake-ups instead of one per delivery. When a handler waits (on I/O), the runner
+standing by runs and takes the next delivery, so nothing queued waits behind it.
 
 Closing works like a memory object stream's: once every feed is closed, idle runners get
 ``EndOfStream``; deliveries still queued are run first.
@@ -35,6 +41,7 @@ class Handoff:
         self._idle: deque[asyncio.Future[None]] = deque()  # one per runner waiting for work
         self._open_feeds = 0
         self._closed = False
+        self._waking = 0  # runners woken that have not resumed yet
 
     def feed(self) -> Feed:
         """A sending end; the hand-off closes when every feed made so far is closed."""
@@ -50,14 +57,21 @@ class Handoff:
         if self._closed:
             raise anyio.ClosedResourceError
         self._queue.append(delivery)
-        self._wake_one()
+        if not self._waking:
+            self._wake_one()
 
     async def take(self) -> Delivery:
         """The next delivery; waits while there is none. ``EndOfStream`` once closed and
         empty."""
+        queue = self._queue
         while True:
-            if self._queue:
-                return self._queue.popleft()
+            if queue:
+                delivery = queue.popleft()
+                if queue and not self._waking:
+                    # More is queued: have one more runner ready to take it, in case this
+                    # one's handler waits (chained, so a batch wakes runners only as needed).
+                    self._wake_one()
+                return delivery
             if self._closed:
                 raise anyio.EndOfStream
             wake = asyncio.get_running_loop().create_future()
@@ -66,10 +80,12 @@ class Handoff:
                 await wake
             except BaseException:
                 if wake.done() and not wake.cancelled():
+                    self._waking -= 1
                     self._wake_one()  # the wake-up was meant for work: pass it on
                 elif wake in self._idle:
                     self._idle.remove(wake)
                 raise
+            self._waking -= 1
 
     def _wake_one(self) -> None:
         idle = self._idle
@@ -77,6 +93,7 @@ class Handoff:
             wake = idle.popleft()
             if not wake.done():  # a cancelled runner's future is done already: skip it
                 wake.set_result(None)
+                self._waking += 1
                 return
 
     def _feed_closed(self) -> None:
@@ -87,6 +104,7 @@ class Handoff:
                 wake = self._idle.popleft()
                 if not wake.done():
                     wake.set_result(None)
+                    self._waking += 1
 
 
 class Feed:
