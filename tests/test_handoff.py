@@ -13,6 +13,7 @@ import pytest
 
 from streamworker.wire import Delivery
 from streamworker.worker.handoff import Handoff
+from streamworker.worker.reader import hand_over
 
 pytestmark = pytest.mark.anyio
 
@@ -167,3 +168,26 @@ async def test_a_waiting_handler_never_holds_up_the_deliveries_behind_it() -> No
         await anyio.wait_all_tasks_blocked()
         assert len(running) == 6
         feed.close()
+
+
+@pytest.mark.parametrize(("size", "paused_after"), [(4, None), (8, 4), (9, 4)])
+async def test_the_reader_hands_a_batch_over_in_two_halves(
+    size: int, paused_after: int | None
+) -> None:
+    # Between the halves the runners get to run (and free slots for the next read); a small
+    # batch goes in one piece. Here a task that is ready to run marks where the pause fell.
+    events: list[str] = []
+
+    class Recorder:
+        async def send(self, item: Delivery) -> None:
+            events.append(item.entry_id.decode())
+
+    async def ready() -> None:
+        events.append("pause")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ready)
+        await hand_over(Recorder(), [delivery(n) for n in range(size)])  # type: ignore[arg-type]
+    sent = [e for e in events if e != "pause"]
+    assert sent == [f"{n}-0" for n in range(size)]
+    assert events.index("pause") == (size if paused_after is None else paused_after)

@@ -3,7 +3,8 @@
 It never fetches more than there are free slots (one read of several streams in one round
 trip), except that a blocking wait can return one entry per stream; those wait for a slot.
 On start it first re-reads this consumer's own pending entries (left by a previous run of
-the same consumer name), walking each stream's pending list with a cursor.
+the same consumer name), walking each stream's pending list with a cursor. A batch is handed
+over in two halves (``hand_over``), so that the next read overlaps the runners' work.
 
 A reader covers a set of families that one script can read together: all of them on a single
 node, one partition's (one hash slot) on Redis Cluster, where the worker runs one reader per
@@ -29,6 +30,7 @@ from .outage import Outage
 from .retrying import TRANSIENT, until_done
 
 log = logging.getLogger("streamworker.worker")
+_SPLIT_AT = 8  # smaller batches are handed over in one piece
 
 
 class Slots:
@@ -39,7 +41,10 @@ class Slots:
         self._sem = anyio.Semaphore(size)
 
     async def take_batch(self, limit: int) -> int:
-        await self._sem.acquire()
+        if self._sem.value > 0:
+            self._sem.acquire_nowait()  # no checkpoint: the caller is about to wait on Redis
+        else:
+            await self._sem.acquire()
         taken = 1
         while taken < limit and self._sem.value > 0:
             self._sem.acquire_nowait()
@@ -145,8 +150,7 @@ class Reader:
                         await self._slots.take()
                         await send.send(delivery)
                     continue
-                for delivery in deliveries:
-                    await send.send(delivery)
+                await hand_over(send, deliveries)
 
     async def _read_own_pending(self, send: Feed) -> None:
         cursors = dict.fromkeys(self.families, "0")
@@ -221,3 +225,18 @@ class Reader:
         await self._screen(deliveries)
         self.read_count += len(deliveries)
         return deliveries
+
+
+async def hand_over(send: Feed, deliveries: list[Delivery]) -> None:
+    """Hand over a batch in two halves, letting the runners go through the first half
+    before the second is handed over. The slots the first half frees are then read for
+    (the next round trip) while the runners work on the second half: the worker is not
+    left idle for a whole read after each batch. The pause cannot be cancelled, so a
+    batch is always handed over whole."""
+    half = len(deliveries) // 2 if len(deliveries) >= _SPLIT_AT else 0
+    for delivery in deliveries[:half]:
+        await send.send(delivery)
+    if half:
+        await anyio.lowlevel.cancel_shielded_checkpoint()
+    for delivery in deliveries[half:]:
+        await send.send(delivery)
