@@ -71,7 +71,6 @@ class TaskContext:
 
     def __init__(
         self,
-        *,
         task_id: str,
         task_type: str,
         attempt: int,

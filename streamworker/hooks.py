@@ -83,35 +83,42 @@ class ProducerHook(Protocol):
     def after_publish(self, token: Any, task_id: str, error: BaseException | None) -> None: ...
 
 
+def _owner(method: Any) -> str:
+    """The class name of the hook a bound method belongs to (for the hook_failed line)."""
+    return type(getattr(method, "__self__", method)).__name__
+
+
 class TaskHooks:
     """Calls every hook in order, isolating the task from a hook's failure."""
 
-    __slots__ = ("_hooks", "_reversed")
+    __slots__ = ("_afters", "_befores", "_hooks")
 
     def __init__(self, hooks: Sequence[TaskHook] = ()) -> None:
         self._hooks = tuple(hooks)
-        self._reversed = self._hooks[::-1]
+        # Bound once: these two run for every task.
+        self._befores = tuple(hook.before for hook in self._hooks)
+        self._afters = tuple(hook.after for hook in reversed(self._hooks))
 
     def __bool__(self) -> bool:
         return bool(self._hooks)
 
     def before(self, task: Task, started_at: float, enqueued_at: float) -> list[Any]:
         tokens = []
-        for hook in self._hooks:
+        for before in self._befores:
             try:
-                tokens.append(hook.before(task, started_at, enqueued_at))
+                tokens.append(before(task, started_at, enqueued_at))
             except Exception:
-                log.exception("hook_failed", extra={"hook": type(hook).__name__})
+                log.exception("hook_failed", extra={"hook": _owner(before)})
                 tokens.append(None)
         return tokens
 
     def after(self, task: Task, tokens: list[Any], end: TaskEnd) -> None:
         # Reverse order: the hook that set context first restores it last.
-        for hook, token in zip(self._reversed, reversed(tokens), strict=True):
+        for after, token in zip(self._afters, reversed(tokens)):  # noqa: B905 -- same length
             try:
-                hook.after(task, token, end)
+                after(task, token, end)
             except Exception:
-                log.exception("hook_failed", extra={"hook": type(hook).__name__})
+                log.exception("hook_failed", extra={"hook": _owner(after)})
 
     def event(self, event: WorkerEvent, priority: str | None = None, count: int = 1) -> None:
         for hook in self._hooks:

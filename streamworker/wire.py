@@ -94,7 +94,7 @@ class Delivery:
     @property
     def enqueued_at(self) -> float:
         """Epoch seconds at which the entry was added, from its stream id."""
-        return int(self.entry_id.split(b"-", 1)[0]) / 1000.0
+        return int(self.entry_id.partition(b"-")[0]) / 1000.0
 
 
 class Task(msgspec.Struct, frozen=True, kw_only=True):

@@ -131,11 +131,11 @@ class AuditHook:
     """Appends the started/completed events of every task to each sink's buffer."""
 
     def __init__(self, buffers: Sequence[AuditBuffer]) -> None:
-        self._buffers = tuple(buffers)
+        self._puts = tuple(buffer.put for buffer in buffers)
 
     def _emit(self, event: Event) -> None:
-        for buffer in self._buffers:
-            buffer.put(event)
+        for put in self._puts:
+            put(event)
 
     def before(self, task: Task, started_at: float, enqueued_at: float) -> None:
         self._emit(

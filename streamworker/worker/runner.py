@@ -131,14 +131,14 @@ class Runner:
             task.timeout_seconds or spec.timeout_seconds or self._settings.task_timeout_seconds
         )
         max_retries = _first(task.max_retries, spec.max_retries, self._settings.max_retries)
-        ctx = TaskContext(
-            task_id=task.task_id,
-            task_type=task.task_type,
-            attempt=task.retry_count + 1,
-            max_retries=max_retries,
-            priority=task.priority,
-            correlation_id=task.correlation_id,
-            outbox=self._outbox,
+        ctx = TaskContext(  # positionally: a keyword call costs twice as much, once a task
+            task.task_id,
+            task.task_type,
+            task.retry_count + 1,
+            max_retries,
+            task.priority,
+            task.correlation_id,
+            self._outbox,
         )
         if self._status and delivery.task_id_field is None:
             # Entries published with a task_id were marked running by the start gate
