@@ -187,7 +187,8 @@ async def test_the_reader_hands_a_batch_over_in_two_halves(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(ready)
-        await hand_over(Recorder(), [delivery(n) for n in range(size)])  # type: ignore[arg-type]
+        split = await hand_over(Recorder(), [delivery(n) for n in range(size)])  # type: ignore[arg-type]
+    assert split is (paused_after is not None)
     sent = [e for e in events if e != "pause"]
     assert sent == [f"{n}-0" for n in range(size)]
     assert events.index("pause") == (size if paused_after is None else paused_after)

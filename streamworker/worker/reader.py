@@ -40,9 +40,11 @@ class Slots:
         self.size = size
         self._sem = anyio.Semaphore(size)
 
-    async def take_batch(self, limit: int) -> int:
-        if self._sem.value > 0:
-            self._sem.acquire_nowait()  # no checkpoint: the caller is about to wait on Redis
+    async def take_batch(self, limit: int, *, eager: bool = False) -> int:
+        """At least one slot and at most ``limit``, as many as are free. ``eager`` takes free
+        slots without first letting the runners go on (see ``hand_over``)."""
+        if eager and self._sem.value > 0:
+            self._sem.acquire_nowait()
         else:
             await self._sem.acquire()
         taken = 1
@@ -136,8 +138,12 @@ class Reader:
         async with send:
             task_status.started()
             await self._read_own_pending(send)
+            split = False
             while True:
-                n = await self._slots.take_batch(self._max_batch)
+                # After a split hand-over, read for the slots the first half freed at once,
+                # while the runners still have the second half to do.
+                n = await self._slots.take_batch(self._max_batch, eager=split)
+                split = False
                 order, quotas = self.plan(n)
                 deliveries = await self._fetch(n, order, quotas, [">"] * len(order))
                 if deliveries is None:
@@ -150,7 +156,7 @@ class Reader:
                         await self._slots.take()
                         await send.send(delivery)
                     continue
-                await hand_over(send, deliveries)
+                split = await hand_over(send, deliveries)
 
     async def _read_own_pending(self, send: Feed) -> None:
         cursors = dict.fromkeys(self.families, "0")
@@ -227,12 +233,15 @@ class Reader:
         return deliveries
 
 
-async def hand_over(send: Feed, deliveries: list[Delivery]) -> None:
+async def hand_over(send: Feed, deliveries: list[Delivery]) -> bool:
     """Hand over a batch in two halves, letting the runners go through the first half
     before the second is handed over. The slots the first half frees are then read for
     (the next round trip) while the runners work on the second half: the worker is not
     left idle for a whole read after each batch. The pause cannot be cancelled, so a
-    batch is always handed over whole."""
+    batch is always handed over whole. True when it was split.
+
+    A small batch goes in one piece, and the reader then lets the runners start on it before
+    it reads again: under a light load, a task's start is not put behind the next read."""
     half = len(deliveries) // 2 if len(deliveries) >= _SPLIT_AT else 0
     for delivery in deliveries[:half]:
         await send.send(delivery)
@@ -240,3 +249,4 @@ async def hand_over(send: Feed, deliveries: list[Delivery]) -> None:
         await anyio.lowlevel.cancel_shielded_checkpoint()
     for delivery in deliveries[half:]:
         await send.send(delivery)
+    return bool(half)
