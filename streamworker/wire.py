@@ -195,29 +195,26 @@ def parse_time(value: str) -> float:
     return moment.timestamp()
 
 
-def _text(fields: Fields, name: bytes) -> str | None:
-    raw = fields.get(name)
-    if raw is None:
-        return None
-    return raw.decode("utf-8")  # UnicodeDecodeError is a ValueError: caught by decode_task
-
-
 def decode_task(
     fields: Fields, *, stream: str, entry_id: bytes, priority: str, max_payload_bytes: int
 ) -> Task | Rejected:
     """Check the envelope of one entry. The payload's JSON is checked later, by its contract."""
+    # Runs once a task: the fields are read with one bound ``get`` and decoded inline.
     task_id: str | None = None
     task_type: str | None = None
+    get = fields.get
     try:
-        task_id = _text(fields, b"task_id") or derive_task_id(stream, entry_id)
+        raw = get(b"task_id")
+        task_id = raw.decode() if raw else derive_task_id(stream, entry_id)
         if len(fields) > MAX_FIELDS:
             return Rejected(
                 "malformed", f"{len(fields)} fields, over the {MAX_FIELDS} field limit", task_id
             )
-        task_type = _text(fields, b"task_type")
+        raw = get(b"task_type")
+        task_type = raw.decode() if raw is not None else None
         if not task_type:
             return Rejected("malformed", "missing task_type", task_id)
-        payload = fields.get(b"payload")
+        payload = get(b"payload")
         if payload is None:
             return Rejected("malformed", "missing payload", task_id, task_type)
         if len(payload) > max_payload_bytes:
@@ -228,17 +225,25 @@ def decode_task(
                 task_type,
             )
         field = "retry_count"
-        retry_count = _nonnegative_int(fields.get(b"retry_count"), 0) or 0
+        raw = get(b"retry_count")
+        retry_count = 0 if raw == b"0" else (_nonnegative_int(raw, 0) or 0)
         field = "max_retries"
-        max_retries = _nonnegative_int(fields.get(b"max_retries"), None)
+        raw = get(b"max_retries")
+        max_retries = None if raw is None else _nonnegative_int(raw, None)
         if max_retries is not None and max_retries > MAX_RETRIES_CEILING:
             raise ValueError(f"must be at most {MAX_RETRIES_CEILING}")
         field = "timeout_seconds"
-        timeout = _positive_number(fields.get(b"timeout_seconds"))
+        raw = get(b"timeout_seconds")
+        timeout = None if raw is None else _positive_number(raw)
         field = "scheduled_for"
-        scheduled_raw = _text(fields, b"scheduled_for")
-        scheduled_for = parse_time(scheduled_raw) if scheduled_raw else None
+        raw = get(b"scheduled_for")
+        scheduled_for = parse_time(raw.decode()) if raw else None
         field = "envelope"
+        created_at = get(b"created_at")
+        idempotency_key = get(b"idempotency_key")
+        correlation_id = get(b"correlation_id")
+        traceparent = get(b"traceparent")
+        tracestate = get(b"tracestate")
         return Task(
             task_id=task_id,
             task_type=task_type,
@@ -247,12 +252,12 @@ def decode_task(
             retry_count=retry_count,
             max_retries=max_retries,
             timeout_seconds=timeout,
-            created_at=_text(fields, b"created_at"),
+            created_at=None if created_at is None else created_at.decode(),
             scheduled_for=scheduled_for,
-            idempotency_key=_text(fields, b"idempotency_key"),
-            correlation_id=_text(fields, b"correlation_id"),
-            traceparent=_text(fields, b"traceparent"),
-            tracestate=_text(fields, b"tracestate"),
+            idempotency_key=None if idempotency_key is None else idempotency_key.decode(),
+            correlation_id=None if correlation_id is None else correlation_id.decode(),
+            traceparent=None if traceparent is None else traceparent.decode(),
+            tracestate=None if tracestate is None else tracestate.decode(),
         )
     except UnicodeDecodeError:
         return Rejected("malformed", "a field is not valid UTF-8", task_id, task_type)
