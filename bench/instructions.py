@@ -8,8 +8,9 @@ sizes depend on timing). So a change to the hot path can be judged by this count
 drain cannot tell it from noise.
 
 Each measurement publishes N no-op tasks (``publish_many``) to a fresh private redis-server,
-starts ``streamworker worker`` (concurrency 64, as the drain workload) under callgrind, stops it
-once the bench probe has seen all N tasks, and reads callgrind's instruction total. The worker's
+starts ``streamworker worker`` as the drain workload does (``Bench.start_worker``, concurrency
+64) under callgrind, stops it once the bench probe has seen all N tasks, and reads callgrind's
+instruction total. The worker's
 start-up and shutdown cost the same for any N, so the count per task is the difference between
 a large and a small run divided by the difference in tasks. Under callgrind the worker runs
 about 50 times slower while Redis does not, so batches are shaped somewhat differently than in
@@ -26,71 +27,46 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import redis
-
 from bench.probe import RESULT_KEY
+from bench.run import DRAIN_CONCURRENCY, RESULTS, Bench
 from streamworker.embedded import EmbeddedRedis
 
-ROOT = Path(__file__).resolve().parent.parent
-CONCURRENCY = 64
+PEER = "streamworker"
 
 
 def count(tasks: int, extra_env: dict[str, str], out_dir: Path) -> int:
     """Instructions callgrind counted in a worker that ran ``tasks`` tasks, start to stop."""
+    out = out_dir / f"callgrind-{tasks}.out"
+    log_dir = RESULTS / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
     with EmbeddedRedis() as server:
-        env = {
-            **os.environ,
-            "REDIS_URL": server.url,
-            "BENCH_RESULT_URL": server.url,
-            "BENCH_EXPECTED": str(tasks),
-            "BENCH_WARMUP": "0",
-            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-            "STREAMWORKER_HANDLERS": "bench.peers.streamworker_tasks",
-            "WORKER_COUNT": str(CONCURRENCY),
-            "LOG_LEVEL": "warning",
-            **extra_env,
-        }
-        publish = [sys.executable, "-m", "bench.agent", "streamworker", "--count", str(tasks)]
-        publish += ["--mode", "many", "--batch", "500"]
-        subprocess.run(publish, env=env, cwd=ROOT, check=True, capture_output=True)
-        out = out_dir / f"callgrind-{tasks}.out"
-        worker = subprocess.Popen(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={out}",
-                sys.executable,
-                "-m",
-                "bench.quiet",
-                "streamworker",
-                "worker",
-            ],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        bench = Bench(server, {}, log_dir)
+        bench.prepublish(PEER, tasks)
+        worker = bench.start_worker(
+            PEER,
+            DRAIN_CONCURRENCY,
+            tasks,
+            0,
+            "instructions",
+            extra=extra_env,
+            wrap=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"],
         )
-        client = redis.Redis.from_url(server.url)
         try:
-            while not client.exists(RESULT_KEY):
-                if worker.poll() is not None:
-                    raise SystemExit(f"the worker exited early (status {worker.returncode})")
-                time.sleep(0.1)
+            bench.wait_key(RESULT_KEY, worker, 3600)
         finally:
+            # Not Bench.stop_worker: its SIGKILL after 15 s would come before callgrind (50x
+            # slower) has stopped the worker and written its count.
             if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
+                os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(timeout=600)
-            client.close()
+            bench.client.close()
     for line in out.read_text().splitlines():
         if line.startswith(("summary:", "totals:")):
             return int(line.split()[1])
-    raise SystemExit(f"no instruction total in {out}")
+    raise SystemExit(f"no instruction total in {out} (see {log_dir}/{PEER}-instructions.log)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -101,14 +101,16 @@ class Bench:
         warmup: int,
         label: str,
         extra: dict[str, str] | None = None,
+        wrap: Sequence[str] = (),
     ) -> subprocess.Popen[bytes]:
+        """Start ``peer``'s worker; ``wrap`` is a command that runs it (e.g. under valgrind)."""
         argv, extra_env = load(peer).worker_argv(sys.executable, concurrency)
         if argv[1] == "-m":
             argv = [argv[0], "-m", "bench.quiet", *argv[2:]]
         if self.profile:
             # py-spy samples the worker; it writes its collapsed stacks when the worker exits.
             out = self.log_dir.parent / f"profile-{peer}-{label}.txt"
-            argv = [
+            wrap = [
                 str(Path(sys.executable).parent / "py-spy"),
                 "record",
                 "--format",
@@ -118,8 +120,8 @@ class Bench:
                 "-o",
                 str(out),
                 "--",
-                *argv,
             ]
+        argv = [*wrap, *argv]
         env = {
             **self.env,
             **extra_env,
@@ -173,7 +175,7 @@ class Bench:
     def drain(self, peer: str) -> dict[str, Any]:
         n = self.sizes["A"]
         self.fresh()
-        self._prepublish(peer, n)
+        self.prepublish(peer, n)
         if self.profile:
             self.client.config_resetstat()  # Redis's own per-command CPU, for the drain only
         cpu0 = self.redis_cpu()
@@ -209,7 +211,7 @@ class Bench:
         one (``bench:go``), then reports progress; see bench/probe.py."""
         n = self.sizes["A"]
         self.fresh()
-        self._prepublish(peer, n)
+        self.prepublish(peer, n)
         procs = [
             self.start_worker(
                 peer, DRAIN_CONCURRENCY, 0, 0, f"A{processes}p", {"BENCH_SHARED": "1"}
@@ -291,7 +293,7 @@ class Bench:
     def io_bound(self, peer: str, concurrency: int) -> dict[str, Any]:
         n = self.sizes["D"]
         self.fresh()
-        self._prepublish(peer, n, "--sleep", "0.01")
+        self.prepublish(peer, n, "--sleep", "0.01")
         proc = self.start_worker(peer, concurrency, n, 0, f"D{concurrency}")
         try:
             # A system that loses tasks at high concurrency would otherwise hold the run up.
@@ -352,14 +354,14 @@ class Bench:
         self.fresh()
         proc = self.start_worker(peer, DRAIN_CONCURRENCY, warm + n, warm, label, extra=extra)
         try:
-            self._prepublish(peer, warm)
+            self.prepublish(peer, warm)
             pid = int(self.wait_key(WARM_KEY, proc, 300)["pid"])
             time.sleep(1.0)  # let the warm-up's acks and deletes land
             before = {
                 "worker_rss_before": rss_bytes(pid),
                 "redis_used_memory_before": self.used_memory(),
             }
-            self._prepublish(peer, n)
+            self.prepublish(peer, n)
             self.wait_key(RESULT_KEY, proc, 120 + n / 20)
             return {"tasks": n, **before, **after(pid)}
         finally:
@@ -388,7 +390,7 @@ class Bench:
         time.sleep(0.5)
         return expiring, self.used_memory()
 
-    def _prepublish(self, peer: str, n: int, *extra: str) -> None:
+    def prepublish(self, peer: str, n: int, *extra: str) -> None:
         if load(peer).BATCH:
             self.publish(peer, n, "--mode", "many", "--batch", "1000", *extra)
         else:
