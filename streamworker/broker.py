@@ -584,11 +584,17 @@ class Broker:
 
     # -- publishing -----------------------------------------------------------------------
 
-    def publish_batch_command(self, family: StreamFamily, entries: bytes) -> tuple[Any, ...]:
+    def publish_batch_command(
+        self, family: StreamFamily, entries: bytes, status_prefix: str | None = None
+    ) -> tuple[Any, ...]:
         """The XADD of a batch packed by :func:`wire.encode_entries`, as one EVAL command for a
         pipeline or :meth:`send_in_order` (the script's text, not its SHA: a command stream
-        cannot be resent on NOSCRIPT)."""
-        return ("EVAL", self._source["publish_batch"], 1, family.stream, entries)
+        cannot be resent on NOSCRIPT). With ``status_prefix`` (single Redis only) the script
+        also writes each task's first status, ``queued``, before its entry."""
+        script = self._source["publish_batch"]
+        if status_prefix is None:
+            return ("EVAL", script, 1, family.stream, entries)
+        return ("EVAL", script, 1, family.stream, entries, status_prefix)
 
     async def send_in_order(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> list[Any]:
         """Send each chunk of commands as soon as ``chunks`` yields it, all on one connection,

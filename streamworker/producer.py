@@ -405,16 +405,20 @@ class Producer:
     def _chunks(self, plain: list[_Prepared]) -> Iterator[CommandList]:
         """A big batch's commands, built a chunk at a time as ``send_in_order`` sends them.
         Chunks go in order on one connection, so every status still comes before its entry,
-        and entries keep the batch's order."""
+        and entries keep the batch's order. The first statuses of the immediate tasks are
+        written by the publish script itself, from the entries' fields."""
         for start in range(0, len(plain), _CHUNK):
             part = plain[start : start + _CHUNK]
-            yield self._commands(part, part)
+            yield self._commands(part, [p for p in part if p.due_ms], inline_status=True)
 
-    def _commands(self, part: list[_Prepared], statuses: list[_Prepared]) -> CommandList:
+    def _commands(
+        self, part: list[_Prepared], statuses: list[_Prepared], *, inline_status: bool = False
+    ) -> CommandList:
         """The writes of ``part``: the first statuses of ``statuses`` (those that ride with
         the entries), then the immediate tasks as one script call per priority (one reply
         for the whole batch instead of one per task) and the parked ones into their delayed
-        sets."""
+        sets. With ``inline_status`` (single Redis), the script writes the immediate tasks'
+        first statuses too."""
         commands = CommandList()
         self.status.write_new(
             commands,
@@ -428,8 +432,11 @@ class Producer:
             else:
                 fields = list(chain.from_iterable(p.fields.items()))
                 batches.setdefault(p.family, []).append(fields)
+        prefix = self.keys.status("") if inline_status and self.status.enabled else None
         for family, entries in batches.items():
-            commands.append(self._broker.publish_batch_command(family, encode_entries(entries)))
+            commands.append(
+                self._broker.publish_batch_command(family, encode_entries(entries), prefix)
+            )
         return commands
 
     async def _write_first_status(self, task_id: str, row: list[str]) -> None:

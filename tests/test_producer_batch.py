@@ -213,3 +213,36 @@ async def test_a_big_batch_is_sent_again_after_a_dropped_connection(
     # The first connection never got a command through: the resend is the only copy.
     assert [f[b"task_id"].decode() for _, f in entries][1:] == ids
     await producer.aclose()
+
+
+async def test_the_first_status_holds_the_fields_the_contract_shows(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # On a single Redis the publish script writes the first status from the entry's own
+    # fields: the same row the cluster path writes from the publisher's copy.
+    producer = Producer.from_settings(settings, redis=redis)
+    keys = Keyspace(settings.prefix)
+    past = "2026-01-01T00:00:00.000Z"
+    specs = [
+        TaskSpec(task_type="note", payload={}, priority="high", correlation_id="c-1"),
+        TaskSpec(task_type="note", payload={}, scheduled_for=past, max_retries=1),
+    ]
+    ids = await producer.publish_many(specs)
+    entries = {
+        fields[b"task_id"].decode(): fields
+        for priority in ("high", "normal")
+        for _, fields in await redis.xrange(keys.family(priority).stream)
+    }
+    for task_id, spec in zip(ids, specs, strict=True):
+        expected = {
+            "status": "queued",
+            "task_id": task_id,
+            "task_type": "note",
+            "priority": spec.priority,
+            "created_at": entries[task_id][b"created_at"].decode(),
+            "retry_count": "0",
+        }
+        if spec.scheduled_for:
+            expected["scheduled_for"] = past
+        row = await redis.hgetall(keys.status(task_id))
+        assert {k.decode(): v.decode() for k, v in row.items()} == expected
