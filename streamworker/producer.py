@@ -296,6 +296,7 @@ class Producer:
         if spec.timeout_seconds is not None and not spec.timeout_seconds > 0:
             raise InvalidTask("timeout_seconds must be a number > 0")
         due = self._due(spec, now)
+        # publish_batch.lua reads the first status's fields by position: keep this order.
         fields: dict[str, str | bytes] = {
             "task_id": task_id,
             "task_type": task_type,
