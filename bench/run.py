@@ -496,8 +496,9 @@ def markdown(report: dict[str, Any]) -> str:
             if e
             else "-"
         )
+        name = getattr(load(peer), "LABEL", peer)
         lines.append(
-            f"| {peer} | {_num(a.get('tasks_per_s'))} | {_num(a.get('worker_us_per_task'), 1)} "
+            f"| {name} | {_num(a.get('tasks_per_s'))} | {_num(a.get('worker_us_per_task'), 1)} "
             f"| {_num(a.get('redis_us_per_task'), 1)} | {_num(b.get('single_c32_tasks_per_s'))} "
             f"| {_num(b.get('many_b1000_tasks_per_s'))} | {lat} "
             f"| {_num(d32.get('tasks_per_s'))} | {_num(d256.get('tasks_per_s'))} | {rss} | {mem} |"

@@ -7,7 +7,8 @@ it can publish a batch in one call) and ``publisher(url)``: an async context man
 ``one(payload)`` and, when ``BATCH``, ``many(payloads)``. Every task runs the same body:
 ``probe.start(payload)``, sleep ``payload["s"]`` seconds if given, ``probe.finish()``.
 Optionally ``SKIP``: run labels (e.g. ``"D256"``) known not to finish, with the reason, which
-the table notes instead of waiting out a timeout on every run.
+the table notes instead of waiting out a timeout on every run. Optionally ``LABEL``: the
+system's name in the table, when it is not ``NAME``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-ORDER = ("streamworker", "ceiling", "streaq", "taskiq", "arq", "saq", "dramatiq")
+ORDER = (
+    "streamworker",
+    "streamworker_lean",
+    "ceiling",
+    "streaq",
+    "taskiq",
+    "arq",
+    "saq",
+    "dramatiq",
+)
 
 
 def load(name: str) -> ModuleType:

@@ -21,7 +21,7 @@ def worker_argv(python: str, concurrency: int) -> tuple[list[str], dict[str, str
     return [python, "-m", "streamworker", "worker"], env
 
 
-class _Publisher:
+class Publisher:
     def __init__(self, producer: Any) -> None:
         self._producer = producer
 
@@ -37,11 +37,11 @@ class _Publisher:
 
 
 @asynccontextmanager
-async def publisher(url: str) -> AsyncIterator[_Publisher]:
+async def publisher(url: str, *, track_status: bool = True) -> AsyncIterator[Publisher]:
     from streamworker import Producer, Settings
 
-    producer = Producer.from_settings(Settings(redis_url=url))
+    producer = Producer.from_settings(Settings(redis_url=url, track_status=track_status))
     try:
-        yield _Publisher(producer)
+        yield Publisher(producer)
     finally:
         await producer.aclose()
