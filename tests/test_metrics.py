@@ -469,3 +469,39 @@ async def test_a_redis_restart_counts_errors_then_a_reconnect(settings: Settings
             await wait_for(lambda: counted("task_queue_stats_up"), interval=0.2)  # 2 s cache
     finally:
         private.close()
+
+
+def test_the_per_task_series_expose_what_prometheus_client_would() -> None:
+    # tasks_processed and the two histograms are kept as plain numbers (metrics.py) for the
+    # hot path; a scrape must read exactly as prometheus_client's own Counter and Histogram.
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from streamworker.observability.metrics import (
+        DURATION_BUCKETS,
+        _TaskCounter,
+        _TaskHistogram,
+    )
+
+    theirs, ours = CollectorRegistry(), CollectorRegistry()
+    counter = Counter("runs", "Runs.", ["task_type", "outcome"], registry=theirs)
+    histogram = Histogram("took", "Took.", ["task_type"], buckets=DURATION_BUCKETS, registry=theirs)
+    fast_counter = _TaskCounter("runs", "Runs.", ["task_type", "outcome"], ours)
+    fast_histogram = _TaskHistogram("took", "Took.", "task_type", DURATION_BUCKETS, ours)
+    # every bound itself, values between and beyond them, zero, and a second label value
+    values = [0.0, 0.0001, *DURATION_BUCKETS, *(b * 1.5 for b in DURATION_BUCKETS), 1e6]
+    for i, v in enumerate(values):
+        kind = ("a", "b")[i % 2]
+        histogram.labels(kind).observe(v)
+        fast_histogram.observe(kind, v)
+        counter.labels(kind, "completed").inc()
+        fast_counter.add((kind, "completed"))
+    counter.labels("a", "failed").inc(3)
+    fast_counter.add(("a", "failed"), 3)
+
+    def lines(registry: CollectorRegistry) -> tuple[list[str], list[str]]:
+        text = generate_latest(registry).decode().splitlines()
+        created = [line.rpartition(" ")[0] for line in text if "_created{" in line]
+        return [line for line in text if "_created{" not in line], created
+
+    assert lines(ours) == lines(theirs)
+    assert len(lines(ours)[1]) == 5  # 3 counter series, 2 histogram series
