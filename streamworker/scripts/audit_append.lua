@@ -5,10 +5,13 @@
 -- KEYS:  audit stream
 -- ARGV:  approximate max length, the events' JSON documents as newline-delimited JSON (one
 --        document per line; JSON text never holds a raw newline)
+-- The stream is trimmed once per batch rather than by each XADD (about a tenth of Redis's
+-- time per event); the cap stays approximate either way.
 -- Returns the number of events appended.
 local count = 0
 for document in string.gmatch(ARGV[2], '[^\n]+') do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', document)
+  redis.call('XADD', KEYS[1], '*', 'event', document)
   count = count + 1
 end
+redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[1])
 return count
