@@ -59,21 +59,48 @@ def failure_reason(end: TaskEnd) -> str:
     return "error"
 
 
-class _TaskCounter(Collector):
-    """A counter for the per-task path: the counts are plain numbers in a dict, turned into
-    the samples prometheus_client's ``Counter`` exposes (``_total``, ``_created``) at scrape
-    time. Its ``Counter`` takes a lock and a label lookup per add; this is one dict add. The
-    worker's event loop is the only writer, and the scrape runs on that loop too."""
+class _TaskSeries(Collector):
+    """A metric for the per-task path, kept as plain numbers and turned into the samples
+    prometheus_client's own class of that kind exposes at scrape time (``_created``
+    included). The worker's event loop is the only writer, and the scrape runs on that loop
+    too; a scrape from another thread copies the numbers first."""
+
+    kind = ""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._created: dict[Any, float] = {}  # per label value(s): when first seen
+        registry.register(self)
+
+    def describe(self) -> Iterable[Metric]:
+        return [Metric(self._name, self._documentation, self.kind)]
+
+    def collect(self) -> Iterable[Metric]:
+        metric = Metric(self._name, self._documentation, self.kind)
+        created = _created_series()
+        for key, labels in self._samples(metric):
+            if created:
+                metric.add_sample(self._name + "_created", labels, self._created[key])
+        return [metric]
+
+    def _samples(self, metric: Metric) -> Iterable[tuple[Any, dict[str, str]]]:
+        """Add each series' samples to ``metric``; yield its key and labels."""
+        raise NotImplementedError
+
+
+class _TaskCounter(_TaskSeries):
+    """prometheus_client's ``Counter`` takes a lock and a label lookup per add; this is one
+    dict add."""
+
+    kind = "counter"
 
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
     ) -> None:
-        self._name = name
-        self._documentation = documentation
         self._labelnames = tuple(labelnames)
         self._counts: dict[tuple[str, ...], float] = {}
-        self._created: dict[tuple[str, ...], float] = {}
-        registry.register(self)
+        super().__init__(name, documentation, registry)
 
     def add(self, labels: tuple[str, ...], amount: float = 1) -> None:
         counts = self._counts
@@ -83,26 +110,20 @@ class _TaskCounter(Collector):
             self._created[labels] = time.time()
             counts[labels] = amount
 
-    def describe(self) -> Iterable[Metric]:
-        return [Metric(self._name, self._documentation, "counter")]
-
-    def collect(self) -> Iterable[Metric]:
-        metric = Metric(self._name, self._documentation, "counter")
-        created = _created_series()
-        for labels, count in list(self._counts.items()):
-            values = dict(zip(self._labelnames, map(str, labels), strict=True))
-            metric.add_sample(self._name + "_total", values, count)
-            if created:
-                metric.add_sample(self._name + "_created", values, self._created[labels])
-        return [metric]
+    def _samples(self, metric: Metric) -> Iterable[tuple[Any, dict[str, str]]]:
+        for key, count in list(self._counts.items()):
+            labels = dict(zip(self._labelnames, map(str, key), strict=True))
+            metric.add_sample(self._name + "_total", labels, count)
+            yield key, labels
 
 
-class _TaskHistogram(Collector):
-    """A histogram with one label for the per-task path, kept as plain numbers: per label
-    value, the count in each bucket (not yet cumulative) and the sum, turned into the samples
-    prometheus_client's ``Histogram`` exposes at scrape time. Its ``Histogram`` takes two
-    locks and walks its buckets for each observation (about 1.2 us here); this is a
-    ``bisect`` and two list adds."""
+class _TaskHistogram(_TaskSeries):
+    """A histogram with one label. Per label value it keeps the count in each bucket (not
+    yet cumulative) and the sum. prometheus_client's ``Histogram`` takes two locks and walks
+    its buckets for each observation (about 1.2 us here); this is a ``bisect`` and two list
+    adds."""
+
+    kind = "histogram"
 
     def __init__(
         self,
@@ -112,16 +133,13 @@ class _TaskHistogram(Collector):
         buckets: Sequence[float],
         registry: CollectorRegistry,
     ) -> None:
-        self._name = name
-        self._documentation = documentation
         self._labelname = labelname
         self._bounds = tuple(float(b) for b in buckets)
         to_go: Any = floatToGoString  # the bucket labels exactly as prometheus_client writes them
         self._les = [to_go(b) for b in (*self._bounds, float("inf"))]
         # per label value: [count in bucket 0, ..., count above the last bound, sum]
         self._series: dict[str, list[float]] = {}
-        self._created: dict[str, float] = {}
-        registry.register(self)
+        super().__init__(name, documentation, registry)
 
     def observe(self, label: str, value: float) -> None:
         series = self._series.get(label)
@@ -131,22 +149,16 @@ class _TaskHistogram(Collector):
         series[bisect_left(self._bounds, value)] += 1  # bucket le=b holds values <= b
         series[-1] += value
 
-    def describe(self) -> Iterable[Metric]:
-        return [Metric(self._name, self._documentation, "histogram")]
-
-    def collect(self) -> Iterable[Metric]:
-        metric = Metric(self._name, self._documentation, "histogram")
-        created = _created_series()
-        for label, series in list(self._series.items()):
-            labels = {self._labelname: label}
+    def _samples(self, metric: Metric) -> Iterable[tuple[Any, dict[str, str]]]:
+        for key, series in list(self._series.items()):
+            series = list(series)
+            labels = {self._labelname: key}
             cumulative = list(accumulate(series[:-1]))
             for le, count in zip(self._les, cumulative, strict=True):
                 metric.add_sample(self._name + "_bucket", {**labels, "le": le}, count)
             metric.add_sample(self._name + "_count", labels, cumulative[-1])
             metric.add_sample(self._name + "_sum", labels, series[-1])
-            if created:
-                metric.add_sample(self._name + "_created", labels, self._created[label])
-        return [metric]
+            yield key, labels
 
 
 def _created_series() -> bool:
