@@ -4,6 +4,7 @@ times that keep the exact formats of the slower code they replaced."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -215,12 +216,28 @@ async def test_a_big_batch_is_sent_again_after_a_dropped_connection(
     await producer.aclose()
 
 
+class _Reorder:
+    """A producer hook that rebuilds an entry's fields in reverse order."""
+
+    def before_publish(self, task_type: str, stream: str, fields: MutableMapping[str, Any]) -> None:
+        items = list(fields.items())
+        fields.clear()
+        fields.update(reversed(items))
+
+    def after_publish(self, token: Any, task_id: str, error: BaseException | None) -> None:
+        return None
+
+
+@pytest.mark.parametrize("reorder", [False, True], ids=["as built", "rebuilt by a hook"])
 async def test_the_first_status_holds_the_fields_the_contract_shows(
-    settings: Settings, redis: aioredis.Redis
+    settings: Settings, redis: aioredis.Redis, reorder: bool
 ) -> None:
     # On a single Redis the publish script writes the first status from the entry's own
-    # fields: the same row the cluster path writes from the publisher's copy.
-    producer = Producer.from_settings(settings, redis=redis)
+    # fields (by position as the producer builds them, else by name): the same row the
+    # cluster path writes from the publisher's copy.
+    producer = Producer(
+        redis, keys=Keyspace(settings.prefix), hooks=[_Reorder()] if reorder else []
+    )
     keys = Keyspace(settings.prefix)
     past = "2026-01-01T00:00:00.000Z"
     specs = [

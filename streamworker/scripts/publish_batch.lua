@@ -4,26 +4,53 @@
 -- ARGV:  MessagePack array of entries, each a flat {field, value, ...} array of strings;
 --        optionally the status key prefix (single Redis only, as the status keys are named by
 --        the entries): then each task's first status ('queued') is written before its entry,
---        from the entry's own fields (CONTRACT.md §5). The producer puts those fields first,
---        in this order: task_id, task_type, payload, priority, created_at, retry_count, then
---        scheduled_for when there is one (read by position: a loop over the names cost Redis
---        a quarter more per task).
+--        from the entry's own fields (CONTRACT.md §5).
+-- The producer puts those fields first, in this order: task_id, task_type, payload,
+-- priority, created_at, retry_count, then scheduled_for when there is one. They are read by
+-- position when the names are where expected (a loop over the names cost Redis a quarter
+-- more per task), else by name (a producer hook may have rebuilt the fields).
 -- Returns the number of entries added.
 local entries = cmsgpack.unpack(ARGV[1])
 local status_prefix = ARGV[2]
+local kept = {task_type = true, priority = true, created_at = true, scheduled_for = true}
+
+-- The first status of entry e, written to key; returns whether the hash is new.
+local function write_status(key, e)
+  if e[1] == 'task_id' and e[3] == 'task_type' and e[7] == 'priority'
+      and e[9] == 'created_at' then
+    if e[13] == 'scheduled_for' then
+      return redis.call('HSET', key, 'status', 'queued', 'task_id', e[2], 'task_type', e[4],
+        'priority', e[8], 'created_at', e[10], 'retry_count', '0', 'scheduled_for', e[14]) == 7
+    end
+    return redis.call('HSET', key, 'status', 'queued', 'task_id', e[2], 'task_type', e[4],
+      'priority', e[8], 'created_at', e[10], 'retry_count', '0') == 6
+  end
+  local row = {'status', 'queued', 'retry_count', '0'}
+  for j = 1, #e, 2 do
+    if e[j] == 'task_id' or kept[e[j]] then
+      row[#row + 1] = e[j]
+      row[#row + 1] = e[j + 1]
+    end
+  end
+  return redis.call('HSET', key, unpack(row)) == #row / 2
+end
+
+local function task_id_of(e)
+  if e[1] == 'task_id' then
+    return e[2]
+  end
+  for j = 1, #e, 2 do
+    if e[j] == 'task_id' then
+      return e[j + 1]
+    end
+  end
+end
+
 for i = 1, #entries do
   local e = entries[i]
   if status_prefix then
-    local key = status_prefix .. e[2]
-    local new
-    if e[13] == 'scheduled_for' then
-      new = redis.call('HSET', key, 'status', 'queued', 'task_id', e[2], 'task_type', e[4],
-        'priority', e[8], 'created_at', e[10], 'retry_count', '0', 'scheduled_for', e[14]) == 7
-    else
-      new = redis.call('HSET', key, 'status', 'queued', 'task_id', e[2], 'task_type', e[4],
-        'priority', e[8], 'created_at', e[10], 'retry_count', '0') == 6
-    end
-    if not new then
+    local key = status_prefix .. task_id_of(e)
+    if not write_status(key, e) then
       -- the id named an older task, whose hash may hold a terminal state's TTL
       redis.call('PERSIST', key)
     end
