@@ -100,11 +100,8 @@ class Handoff:
         self._open_feeds -= 1
         if self._open_feeds == 0:
             self._closed = True
-            while self._idle:
-                wake = self._idle.popleft()
-                if not wake.done():
-                    wake.set_result(None)
-                    self._waking += 1
+            while self._idle:  # every idle runner, to see the end
+                self._wake_one()
 
 
 class Feed:
