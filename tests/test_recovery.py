@@ -268,8 +268,9 @@ async def test_the_start_gate_and_a_cancel_cannot_both_win(
 async def test_the_gate_in_the_read_writes_what_begin_writes(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
-    # Raw entries (no status hash yet): with a task_id, without one, and one naming a
-    # scheduled_for time (not gated by the read: begin checks whether it is due).
+    # Raw entries (no status hash yet): with a task_id, without one, one naming a
+    # scheduled_for time (not gated by the read: begin checks whether it is due), and one
+    # naming fields twice (the last value counts, as in the worker's field dict).
     keys = Keyspace(settings.prefix)
     status = StatusStore(keys, settings.completed_ttl_seconds)
     stream = keys.family("high").stream
@@ -290,21 +291,26 @@ async def test_the_gate_in_the_read_writes_what_begin_writes(
         await broker.ensure_groups()
         for fields in entries:
             await redis.xadd(stream, fields)  # type: ignore[arg-type]
+        await redis.execute_command(
+            "XADD", stream, "*", "task_id", "raw-4", "task_type", "old", "payload", "{}",
+            "retry_count", "1", "task_type", "job", "retry_count", "3",
+        )  # fmt: skip
         deliveries = await broker.read(
-            settings.consumer, 3, [index], [3], [">"], gate_at=at if gate_in_read else None
+            settings.consumer, 4, [index], [4], [">"], gate_at=at if gate_in_read else None
         )
         assert [d.gated for d in deliveries] == (
-            [True, True, False] if gate_in_read else [False, False, False]
+            [True, True, False, True] if gate_in_read else [False, False, False, False]
         )
         await broker.begin(deliveries, at)
         assert all(d.gated or not d.task_id_field for d in deliveries)
         assert not any(d.cancelled for d in deliveries)
-        rows.append([await redis.hgetall(keys.status(i)) for i in ("raw-1", "raw-3")])
+        rows.append([await redis.hgetall(keys.status(i)) for i in ("raw-1", "raw-3", "raw-4")])
         assert await redis.ttl(keys.status("raw-1")) == -1
     assert rows[0] == rows[1]
     assert rows[1][0][b"status"] == b"running" and rows[1][0][b"started_at"] == at.encode()
     assert rows[1][0][b"priority"] == b"high" and rows[1][0][b"retry_count"] == b"0"
     assert rows[1][1][b"retry_count"] == b"2"  # due already: begin marked it running
+    assert rows[1][2][b"task_type"] == b"job" and rows[1][2][b"retry_count"] == b"3"
 
 
 async def test_an_idempotent_publish_writes_its_status_with_the_entry(

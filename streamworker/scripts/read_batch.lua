@@ -24,15 +24,27 @@ local started_at = ARGV[extra]
 local status_prefix, cancel_prefix = ARGV[extra + 1], ARGV[extra + 2]
 
 local function gate(i, fields)
-  local f = {}
+  -- One pass over the names, keeping the last value of each (as a table would), without
+  -- building a table per entry.
+  local task_id, scheduled, retry_count, task_type, created_at
   for j = 1, #fields, 2 do
-    f[fields[j]] = fields[j + 1]
+    local name = fields[j]
+    if name == 'task_id' then
+      task_id = fields[j + 1]
+    elseif name == 'task_type' then
+      task_type = fields[j + 1]
+    elseif name == 'created_at' then
+      created_at = fields[j + 1]
+    elseif name == 'retry_count' then
+      retry_count = fields[j + 1]
+    elseif name == 'scheduled_for' then
+      scheduled = true
+    end
   end
-  local task_id = f['task_id']
   if not task_id or task_id == '' then
     return 0  -- not published through us, so it cannot have been cancelled
   end
-  if f['scheduled_for'] then
+  if scheduled then
     return 2
   end
   if redis.call('EXISTS', cancel_prefix .. task_id) == 1 then
@@ -44,18 +56,18 @@ local function gate(i, fields)
   if redis.call('HSET', key, 'status', 'running', 'started_at', started_at) < 2 then
     redis.call('PERSIST', key)  -- it may hold a terminal state's TTL (a repeated delivery)
   else
-    local retry_count = f['retry_count']
     if not retry_count or retry_count == '' then
       retry_count = '0'
     end
     local row = {'task_id', task_id, 'priority', ARGV[extra + 2 + i],
       'retry_count', string.sub(retry_count, 1, 200)}
-    for _, name in ipairs({'task_type', 'created_at'}) do
-      local value = f[name]
-      if value and value ~= '' then
-        row[#row + 1] = name
-        row[#row + 1] = string.sub(value, 1, 200)
-      end
+    if task_type and task_type ~= '' then
+      row[#row + 1] = 'task_type'
+      row[#row + 1] = string.sub(task_type, 1, 200)
+    end
+    if created_at and created_at ~= '' then
+      row[#row + 1] = 'created_at'
+      row[#row + 1] = string.sub(created_at, 1, 200)
     end
     redis.call('HSET', key, unpack(row))
   end
