@@ -145,8 +145,8 @@ async def test_audit_stream_is_bounded(settings: Settings, redis: aioredis.Redis
 async def test_each_event_is_one_stream_entry_with_its_exact_document(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
-    # The batch travels as newline-delimited JSON: text with newlines, quotes and non-ASCII
-    # characters must come out as one entry per event, unchanged.
+    # The batch is encoded as newline-delimited JSON, then split at the newlines: text with
+    # newlines, quotes and non-ASCII characters must come out as one entry per event, unchanged.
     stream = Keyspace(settings.prefix).audit_events
     buffer = AuditBuffer("stream", 100)
     sink = StreamSink(buffer, redis, stream, 1000, service="s", consumer="c")
