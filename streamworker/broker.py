@@ -47,6 +47,7 @@ _SCRIPTS = (
     "reclaim",
     "renew_leases",
     "remove_idle_consumer",
+    "ack_delete",
 )
 
 #: Share of DEAD_LETTER_MAX_LENGTH past which ``dead_letters_near_capacity`` is logged.
@@ -438,17 +439,19 @@ class Broker:
     ) -> None:
         """Acknowledge and delete finished entries, and write their statuses: one round trip.
 
-        XDEL right after XACK keeps memory bounded; it only ever removes acknowledged entries.
+        One script call per stream acknowledges and removes (ack_delete.lua): removing right
+        after acknowledging keeps memory bounded, and it only ever removes acknowledged
+        entries.
         """
-        pipe = self.redis.pipeline(transaction=False)
-        for index, ids in acks.items():
-            if ids:
-                stream = self.families[index].stream
-                pipe.xack(stream, self.group, *ids)
-                pipe.xdel(stream, *ids)
-        self.status.write_many(pipe, writes)  # one script call, one reply, for the whole batch
-        if len(pipe):
-            await pipe.execute()
+
+        def build(pipe: Any) -> None:
+            for index, ids in acks.items():
+                if ids:
+                    stream = self.families[index].stream
+                    self._evalsha(pipe, "ack_delete", [stream], [self.group, *ids])
+            self.status.write_many(pipe, writes)  # one script call, one reply, for the batch
+
+        await self._run_pipeline(build)
 
     async def retry(
         self,

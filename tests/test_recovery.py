@@ -324,3 +324,51 @@ async def test_an_idempotent_publish_writes_its_status_with_the_entry(
     assert status is not None and status.status == "queued" and status.task_type == "job"
     assert await redis.ttl(Keyspace(settings.prefix).status(task_id)) == -1
     await producer.aclose()
+
+
+async def test_settling_removes_the_acknowledged_entries_and_no_other(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # ack_delete.lua trims what lies below the first pending entry and deletes the rest of
+    # what it acknowledged one by one. Ids are compared as numbers: "10-1" comes after
+    # "9-10", and "9-100" after "9-10".
+    keys = Keyspace(settings.prefix)
+    broker = Broker(redis, keys, settings.group, status=StatusStore(keys, 60))
+    await broker.load_scripts()
+    await broker.ensure_groups()
+    family = keys.family("normal")
+    index = keys.families.index(family)
+    ids = [
+        f"{ms}-{seq}".encode() for ms in (9, 10, 99, 100, 1000) for seq in (1, 2, 9, 10, 100, 101)
+    ]
+    for entry_id in ids:
+        await redis.xadd(family.stream, {"task_type": "job", "payload": "{}"}, id=entry_id)
+
+    async def left() -> list[bytes]:
+        return [entry_id for entry_id, _ in await redis.xrange(family.stream)]
+
+    read = [d.entry_id for d in await broker.read(settings.consumer, 20, [index], [20], [">"])]
+    assert read == ids[:20]
+    # Entry 3 ("9-10") still runs; those before and after it finished, newest first.
+    await broker.settle({index: [i for i in reversed(read) if i != ids[3]]})
+    assert await left() == [ids[3], *ids[20:]]  # the running one and the unread ones stay
+    assert await pending_ids(redis, family.stream, settings.group) == [ids[3]]
+
+    await broker.settle({index: [ids[3]]})  # nothing pending: up to the last delivered goes
+    assert await left() == ids[20:]
+
+    rest = [d.entry_id for d in await broker.read(settings.consumer, 20, [index], [20], [">"])]
+    await broker.settle({index: rest[:3]})
+    assert await left() == rest[3:]
+    await broker.settle({index: rest[3:]})  # the last delivered one goes too
+    assert await left() == []
+    assert await pending_ids(redis, family.stream, settings.group) == []
+
+    await redis.delete(family.stream)  # deleted under the worker: settling still succeeds
+    await broker.settle({index: [ids[0]]})
+    assert await redis.exists(family.stream) == 0
+
+
+async def pending_ids(redis: aioredis.Redis, stream: str, group: str) -> list[bytes]:
+    pending = await redis.xpending_range(stream, group, "-", "+", 100)
+    return [p["message_id"] for p in pending]

@@ -1,0 +1,59 @@
+-- ack_delete: acknowledge finished entries of one stream and remove them (CONTRACT.md §3:
+-- acknowledged entries are removed; an unread or pending entry never is).
+-- KEYS:  the stream
+-- ARGV:  group, then the entry ids
+-- Every entry below the group's first pending one is acknowledged (it was delivered, since
+-- the group reads from id 0 in order, and it is no longer pending), so it goes by an exact
+-- XTRIM MINID, which drops whole nodes; with nothing pending, everything up to the group's
+-- last delivered id is acknowledged. Only the ids at or above that floor (finished while an
+-- older entry is still running) need an XDEL each: XDEL finds an entry by decoding the
+-- entries before it in its node, which cost Redis 1.3 us an id, against 0.8 for this whole
+-- script (XACK included) in a drain.
+-- Returns the number of entries acknowledged.
+local stream, group = KEYS[1], ARGV[1]
+local n = #ARGV
+local acked = redis.call('XACK', stream, group, unpack(ARGV, 2, n))
+local first = redis.pcall('XPENDING', stream, group, '-', '+', 1)
+if first['err'] then
+  -- No such stream or group any more (deleted under the worker): delete what was named.
+  redis.call('XDEL', stream, unpack(ARGV, 2, n))
+  return acked
+end
+if not first[1] then
+  local floor
+  for _, info in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    for j = 1, #info, 2 do
+      if info[j] == 'name' and info[j + 1] ~= group then
+        break
+      elseif info[j] == 'last-delivered-id' then
+        floor = info[j + 1]
+      end
+    end
+  end
+  if floor then
+    redis.call('XTRIM', stream, 'MINID', floor)
+    redis.call('XDEL', stream, floor)
+  else
+    redis.call('XDEL', stream, unpack(ARGV, 2, n))
+  end
+  return acked
+end
+local floor = first[1][1]
+redis.call('XTRIM', stream, 'MINID', floor)
+-- Stream ids are "ms-seq" with both parts integers; those below the floor are gone now.
+local find, sub = string.find, string.sub
+local dash = find(floor, '-', 1, true)
+local floor_ms, floor_seq = tonumber(sub(floor, 1, dash - 1)), tonumber(sub(floor, dash + 1))
+local above = {}
+for i = 2, n do
+  local id = ARGV[i]
+  dash = find(id, '-', 1, true)
+  local ms = tonumber(sub(id, 1, dash - 1))
+  if ms > floor_ms or (ms == floor_ms and tonumber(sub(id, dash + 1)) >= floor_seq) then
+    above[#above + 1] = id
+  end
+end
+if #above > 0 then
+  redis.call('XDEL', stream, unpack(above))
+end
+return acked
