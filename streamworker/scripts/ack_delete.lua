@@ -3,12 +3,12 @@
 -- KEYS:  the stream
 -- ARGV:  group, then the entry ids
 -- Every entry below the group's first pending one is acknowledged (it was delivered, since
--- the group reads from id 0 in order, and it is no longer pending), so it goes by an exact
--- XTRIM MINID, which drops whole nodes; with nothing pending, everything up to the group's
--- last delivered id is acknowledged. Only the ids at or above that floor (finished while an
--- older entry is still running) need an XDEL each: XDEL finds an entry by decoding the
--- entries before it in its node, which cost Redis 1.3 us an id, against 0.8 for this whole
--- script (XACK included) in a drain.
+-- the worker creates its group at id 0 and the group reads in order, and it is no longer
+-- pending), so it goes by an exact XTRIM MINID, which drops whole nodes; with nothing
+-- pending, everything up to the group's last delivered id is acknowledged. Only the ids at or
+-- above that floor (finished while an older entry is still running) need an XDEL each: XDEL
+-- walks an entry's node to find it, which cost Redis 1.3 us an id (as much for an id already
+-- gone), against 0.8 for this whole script, XACK included (measured alone, batches of 100).
 -- Returns the number of entries acknowledged.
 local stream, group = KEYS[1], ARGV[1]
 local n = #ARGV
