@@ -13,14 +13,14 @@
 local stream, group = KEYS[1], ARGV[1]
 local n = #ARGV
 local acked = redis.call('XACK', stream, group, unpack(ARGV, 2, n))
+-- The floor: the first pending id, or with nothing pending the last delivered one.
+local floor, pending
 local first = redis.pcall('XPENDING', stream, group, '-', '+', 1)
 if first['err'] then
-  -- No such stream or group any more (deleted under the worker): delete what was named.
-  redis.call('XDEL', stream, unpack(ARGV, 2, n))
-  return acked
-end
-if not first[1] then
-  local floor
+  -- No such stream or group any more (deleted under the worker): there is no floor.
+elseif first[1] then
+  floor, pending = first[1][1], true
+else
   for _, info in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
     for j = 1, #info, 2 do
       if info[j] == 'name' and info[j + 1] ~= group then
@@ -30,16 +30,16 @@ if not first[1] then
       end
     end
   end
-  if floor then
-    redis.call('XTRIM', stream, 'MINID', floor)
-    redis.call('XDEL', stream, floor)
-  else
-    redis.call('XDEL', stream, unpack(ARGV, 2, n))
-  end
+end
+if not floor then
+  redis.call('XDEL', stream, unpack(ARGV, 2, n))  -- delete what was named
   return acked
 end
-local floor = first[1][1]
 redis.call('XTRIM', stream, 'MINID', floor)
+if not pending then
+  redis.call('XDEL', stream, floor)  -- acknowledged too, and every other id was below it
+  return acked
+end
 -- Stream ids are "ms-seq" with both parts integers; those below the floor are gone now.
 local find, sub = string.find, string.sub
 local dash = find(floor, '-', 1, true)
