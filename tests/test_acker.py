@@ -16,6 +16,8 @@ pytestmark = pytest.mark.anyio
 class _Broker:
     """Records what the acker settles; ``gate`` holds settles back while it is unset."""
 
+    status = type("Status", (), {"enabled": True})()
+
     def __init__(self) -> None:
         self.settled: list[list[bytes]] = []
         self.gate = anyio.Event()
@@ -66,3 +68,29 @@ def _op(order: list[str]) -> Any:
         return "done"
 
     return op
+
+
+async def test_complete_nowait_queues_when_there_is_room_and_refuses_when_full() -> None:
+    # The runner's common case: no coroutine, and a full queue queues nothing (the runner then
+    # waits with complete()), so an ack is neither lost nor queued twice.
+    broker = _Broker()
+    acker = Acker(broker, capacity=3)  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        await tg.start(acker.run)
+        assert acker.complete_nowait(0, b"0-0", "t0", {})
+        await anyio.wait_all_tasks_blocked()  # the acker holds entry 0, blocked in settle
+        assert [acker.complete_nowait(0, f"{n}-0".encode(), f"t{n}", {}) for n in (1, 2, 3, 4)] == [
+            True,
+            True,
+            True,
+            False,
+        ]
+        assert len(acker._queue) == 3
+        tg.start_soon(acker.complete, 0, b"4-0", "t4", {})  # what the runner does then
+        await anyio.wait_all_tasks_blocked()
+        broker.gate.set()
+        await anyio.wait_all_tasks_blocked()
+        acker.close()
+    assert sorted(e for batch in broker.settled for e in batch) == [
+        f"{n}-0".encode() for n in range(5)
+    ]

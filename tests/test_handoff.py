@@ -179,7 +179,7 @@ async def test_the_reader_hands_a_batch_over_in_two_halves(
     events: list[str] = []
 
     class Recorder:
-        async def send(self, item: Delivery) -> None:
+        def send_nowait(self, item: Delivery) -> None:
             events.append(item.entry_id.decode())
 
     async def ready() -> None:

@@ -34,6 +34,7 @@ _IN_ORDER = -2
 class Acker:
     def __init__(self, broker: Broker, *, capacity: int, max_batch: int = 1000) -> None:
         self._broker = broker
+        self._statuses = broker.status.enabled  # else completions carry no status to write
         self._max_batch = max_batch
         self._capacity = max(capacity, 1)
         self._queue: deque[Item] = deque()
@@ -68,6 +69,16 @@ class Acker:
         self, family_index: int, entry_id: bytes, task_id: str, fields: dict[str, Any]
     ) -> None:
         await self._put((family_index, entry_id, task_id, "completed", fields))
+
+    def complete_nowait(
+        self, family_index: int, entry_id: bytes, task_id: str, fields: dict[str, Any]
+    ) -> bool:
+        """:meth:`complete` without waiting: False (and nothing queued) when the queue is
+        full. The runner's common case, without the two coroutines ``complete`` costs."""
+        if len(self._queue) >= self._capacity:
+            return False
+        self._put_nowait((family_index, entry_id, task_id, "completed", fields))
+        return True
 
     def note_status(self, task_id: str, state: str, fields: dict[str, Any]) -> None:
         """Queue a status-only write; dropped rather than waited for when the queue is full."""
@@ -144,10 +155,11 @@ class Acker:
     async def _flush(self, batch: list[Item]) -> None:
         acks: dict[int, list[bytes]] = defaultdict(list)
         writes: dict[str, tuple[str, dict[str, Any]]] = {}
+        statuses = self._statuses
         for family_index, entry_id, task_id, state, fields in batch:
             if entry_id is not None:
                 acks[family_index].append(entry_id)
-            if not task_id:
+            if not (task_id and statuses):
                 continue
             previous = writes.get(task_id)
             if previous is not None:

@@ -115,6 +115,10 @@ class Feed:
 
     async def send(self, delivery: Delivery) -> None:
         # No checkpoint: the feeder already waited for the slot this delivery uses.
+        self.send_nowait(delivery)
+
+    def send_nowait(self, delivery: Delivery) -> None:
+        """:meth:`send` without the coroutine (the reader hands over a batch with this)."""
         if self._closed:
             raise anyio.ClosedResourceError
         self._handoff.put(delivery)

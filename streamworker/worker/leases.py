@@ -30,18 +30,21 @@ class Leases:
         self._consumer = consumer
         self._hooks = hooks
         self._interval = max(0.05, visibility_timeout / 3)
-        self._running: dict[tuple[int, bytes], float] = {}
+        #: Each running delivery and when it started (``time.monotonic()``). The runners add
+        #: and remove their deliveries here directly (``Worker._run_tasks``): it is on every
+        #: task's path, and a delivery is its own key (hashed by identity).
+        self.running: dict[Delivery, float] = {}
         self.renewed = 0
         self.lost = 0
 
     def hold(self, delivery: Delivery) -> None:
-        self._running[(delivery.family_index, delivery.entry_id)] = time.monotonic()
+        self.running[delivery] = time.monotonic()
 
     def release(self, delivery: Delivery) -> None:
-        self._running.pop((delivery.family_index, delivery.entry_id), None)
+        self.running.pop(delivery, None)
 
     def __len__(self) -> int:
-        return len(self._running)
+        return len(self.running)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -56,9 +59,9 @@ class Leases:
         horizon = time.monotonic() - self._interval
         due: dict[int, list[bytes]] = defaultdict(list)
         count = 0
-        for (index, entry_id), since in list(self._running.items()):
+        for delivery, since in list(self.running.items()):
             if since <= horizon:
-                due[index].append(entry_id)
+                due[delivery.family_index].append(delivery.entry_id)
                 count += 1
         if not count:
             return

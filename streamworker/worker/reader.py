@@ -14,9 +14,11 @@ priority take turns being read first, so none is starved.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Sequence
 
 import anyio
@@ -34,35 +36,57 @@ _SPLIT_AT = 8  # smaller batches are handed over in one piece
 
 
 class Slots:
-    """Free handler slots: taken by the reader per entry, given back by a runner when done."""
+    """Free handler slots: taken by the reader per batch, given back by a runner per task.
+
+    A plain count, not an ``anyio.Semaphore``: a runner gives its slot back once a task, and
+    a semaphore's ``release`` (a lock-free waiter check and a method call through its
+    adapter) cost more than the count. The feeders that wait for slots (the readers and the
+    recoverer, a handful) wait on a bare asyncio future, as the hand-off's runners do; every
+    waiter is woken when slots come back and takes what it finds (none is owed a slot, so a
+    waiter that finds none waits again)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._sem = anyio.Semaphore(size)
+        self._free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     async def take_batch(self, limit: int, *, eager: bool = False) -> int:
         """At least one slot and at most ``limit``, as many as are free. ``eager`` takes free
         slots without first letting the runners go on (see ``hand_over``)."""
-        if eager and self._sem.value > 0:
-            self._sem.acquire_nowait()
-        else:
-            await self._sem.acquire()
-        taken = 1
-        while taken < limit and self._sem.value > 0:
-            self._sem.acquire_nowait()
-            taken += 1
+        if not (eager and self._free > 0):
+            await anyio.lowlevel.checkpoint()
+            while self._free <= 0:
+                await self._wait()
+        taken = min(limit, self._free)
+        self._free -= taken
         return taken
 
     async def take(self) -> None:
-        await self._sem.acquire()
+        await anyio.lowlevel.checkpoint()
+        while self._free <= 0:
+            await self._wait()
+        self._free -= 1
+
+    async def _wait(self) -> None:
+        wake = asyncio.get_running_loop().create_future()
+        self._waiters.append(wake)
+        try:
+            await wake
+        finally:
+            if wake in self._waiters:  # cancelled while waiting
+                self._waiters.remove(wake)
 
     def give(self, n: int = 1) -> None:
-        for _ in range(n):
-            self._sem.release()
+        self._free += n
+        waiters = self._waiters
+        while waiters:
+            wake = waiters.popleft()
+            if not wake.done():
+                wake.set_result(None)
 
     @property
     def free(self) -> int:
-        return self._sem.value
+        return self._free
 
 
 class Reader:
@@ -243,10 +267,11 @@ async def hand_over(send: Feed, deliveries: list[Delivery]) -> bool:
     A small batch goes in one piece, and the reader then lets the runners start on it before
     it reads again: under a light load, a task's start is not put behind the next read."""
     half = len(deliveries) // 2 if len(deliveries) >= _SPLIT_AT else 0
+    put = send.send_nowait
     for delivery in deliveries[:half]:
-        await send.send(delivery)
+        put(delivery)
     if half:
         await anyio.lowlevel.cancel_shielded_checkpoint()
     for delivery in deliveries[half:]:
-        await send.send(delivery)
+        put(delivery)
     return bool(half)

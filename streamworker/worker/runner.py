@@ -130,7 +130,11 @@ class Runner:
         timeout = (
             task.timeout_seconds or spec.timeout_seconds or self._settings.task_timeout_seconds
         )
-        max_retries = _first(task.max_retries, spec.max_retries, self._settings.max_retries)
+        max_retries = task.max_retries
+        if max_retries is None:
+            max_retries = spec.max_retries
+            if max_retries is None:
+                max_retries = self._settings.max_retries
         ctx = TaskContext(  # positionally: a keyword call costs twice as much, once a task
             task.task_id,
             task.task_type,
@@ -172,17 +176,21 @@ class Runner:
 
         if error is None:
             fields = {"completed_at": format_time(time.time())} if self._status else {}
-            if lane.expired:
-                # Timed out just as it returned: it counts as done (as with a per-task scope),
-                # but the lane's scope is cancelled, so the hand-over must be shielded.
-                with anyio.CancelScope(shield=True):
+            if not self._acker.complete_nowait(
+                delivery.family_index, delivery.entry_id, task.task_id, fields
+            ):
+                # The acker is behind (Redis is not taking acks): wait for room.
+                if lane.expired:
+                    # Timed out just as it returned: it counts as done (as with a per-task
+                    # scope), but the lane's scope is cancelled, so this must be shielded.
+                    with anyio.CancelScope(shield=True):
+                        await self._acker.complete(
+                            delivery.family_index, delivery.entry_id, task.task_id, fields
+                        )
+                else:
                     await self._acker.complete(
                         delivery.family_index, delivery.entry_id, task.task_id, fields
                     )
-            else:
-                await self._acker.complete(
-                    delivery.family_index, delivery.entry_id, task.task_id, fields
-                )
             end = TaskEnd(Outcome.COMPLETED, duration)
         elif isinstance(error, Defer):
             await self._defer(delivery, task, time.time() + error.after)
@@ -351,9 +359,3 @@ class Runner:
                 what="defer",
             )
 
-
-def _first(*values: Any) -> Any:
-    for value in values:
-        if value is not None:
-            return value
-    return None

@@ -6,6 +6,7 @@ within ``SHUTDOWN_GRACE_SECONDS``; whatever did not finish stays pending for the
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -20,9 +21,8 @@ from ..maintenance import Maintenance
 from ..registry import Registry, default_registry
 from ..settings import Settings
 from ..status import StatusStore
-from ..wire import Delivery
 from .acker import Acker
-from .deadlines import Lane, Watchdog
+from .deadlines import Watchdog
 from .handoff import Handoff
 from .janitor import Janitor
 from .leases import Leases
@@ -224,6 +224,9 @@ class Worker:
 
     async def _run_tasks(self, handoff: Handoff) -> None:
         lane = self.watchdog.lane()
+        # Bound once per runner: everything below runs once a task.
+        take, run, give = handoff.take, self.runner.run, self.slots.give
+        running, monotonic = self.leases.running, time.monotonic
         try:
             while True:
                 # One cancel scope for many tasks; the watchdog cancels it when a handler runs
@@ -232,24 +235,23 @@ class Worker:
                 with lane.scope:
                     while not lane.expired:
                         try:
-                            delivery = await handoff.take()
+                            delivery = await take()
                         except anyio.EndOfStream:
                             return
-                        await self._run_one(delivery, lane)
+                        running[delivery] = monotonic()  # its lease is renewed while it runs
+                        self.in_flight += 1
+                        try:
+                            await run(delivery, lane)
+                        except Exception:
+                            # A bug or an unexpected Redis reply: the entry stays pending and
+                            # will be reclaimed; the worker itself keeps going.
+                            log.exception(
+                                "runner_error", extra={"entry_id": delivery.entry_id.decode()}
+                            )
+                        finally:
+                            running.pop(delivery, None)
+                            self.in_flight -= 1
+                            self.completed_runs += 1
+                            give()
         finally:
             self.watchdog.drop(lane)
-
-    async def _run_one(self, delivery: Delivery, lane: Lane) -> None:
-        self.in_flight += 1
-        self.leases.hold(delivery)
-        try:
-            await self.runner.run(delivery, lane)
-        except Exception:
-            # A bug or an unexpected Redis reply: the entry stays pending and will be
-            # reclaimed; the worker itself keeps going.
-            log.exception("runner_error", extra={"entry_id": delivery.entry_id.decode()})
-        finally:
-            self.leases.release(delivery)
-            self.in_flight -= 1
-            self.completed_runs += 1
-            self.slots.give()
