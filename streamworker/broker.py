@@ -268,9 +268,10 @@ class Broker:
         out = []
         step = 5 if gate else 4
         for j in range(0, len(flat), step):
-            delivery = Delivery(
-                order[flat[j] - 1], flat[j + 1], _pairs(flat[j + 2]), now, int(flat[j + 3])
-            )
+            # _pairs inline: the script sends a whole field list (empty for a deleted entry)
+            it = iter(flat[j + 2] or ())
+            fields = dict(zip(it, it))  # noqa: B905 -- strict costs a third more
+            delivery = Delivery(order[flat[j] - 1], flat[j + 1], fields, now, flat[j + 3])
             if gate:
                 flag = flat[j + 4]
                 delivery.gated = flag != 2

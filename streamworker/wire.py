@@ -197,7 +197,7 @@ def parse_time(value: str) -> float:
 
 
 def decode_task(
-    fields: Fields, *, stream: str, entry_id: bytes, priority: str, max_payload_bytes: int
+    fields: Fields, stream: str, entry_id: bytes, priority: str, max_payload_bytes: int
 ) -> Task | Rejected:
     """Check the envelope of one entry. The payload's JSON is checked later, by its contract."""
     # Runs once a task: the fields are read with one bound ``get`` and decoded inline.

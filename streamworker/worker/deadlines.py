@@ -25,12 +25,22 @@ __all__ = ["Lane", "Watchdog"]
 
 
 class Lane:
-    __slots__ = ("_watchdog", "deadline", "scope")
+    __slots__ = ("_watchdog", "deadline", "expired", "scope")
 
     def __init__(self, watchdog: Watchdog) -> None:
         self._watchdog = watchdog
         self.deadline = math.inf  # time.monotonic() seconds; inf while no handler runs
         self.scope = anyio.CancelScope()
+        #: The watchdog cancelled this lane's scope: its handler ran past its deadline.
+        #: Whatever the lane still has to do for that task must be shielded. (A plain
+        #: attribute: it is read once a task, and ``scope.cancel_called`` is a property.)
+        self.expired = False
+
+    def renew(self) -> anyio.CancelScope:
+        """A fresh scope for the tasks after a timeout (and for the first ones)."""
+        self.scope = anyio.CancelScope()
+        self.expired = False
+        return self.scope
 
     def arm(self, timeout: float) -> None:
         """A handler with this timeout starts now."""
@@ -41,12 +51,6 @@ class Lane:
 
     def disarm(self) -> None:
         self.deadline = math.inf
-
-    @property
-    def expired(self) -> bool:
-        """The watchdog cancelled this lane's scope: its handler ran past its deadline.
-        Whatever the lane still has to do for that task must be shielded."""
-        return self.scope.cancel_called
 
 
 class Watchdog:
@@ -81,6 +85,7 @@ class Watchdog:
                 deadline = lane.deadline
                 if deadline <= now:
                     lane.deadline = math.inf
+                    lane.expired = True
                     lane.scope.cancel()
                     self.expired += 1
                 elif deadline < earliest:

@@ -60,6 +60,9 @@ class Runner:
         self._outbox = outbox
         self._consumer = settings.consumer
         self._status = broker.status.enabled
+        self._has_hooks = bool(hooks)  # TaskHooks.__bool__ is a method call, once a task
+        self._max_deliveries = settings.max_deliveries
+        self._max_payload_bytes = settings.max_payload_bytes
         self.deleted_acked = 0
 
     async def run(self, delivery: Delivery, lane: Lane) -> None:
@@ -82,17 +85,17 @@ class Runner:
                 extra={"task_id": (delivery.task_id_field or b"").decode(errors="replace")},
             )
             return
-        if delivery.deliveries > self._settings.max_deliveries:
+        if delivery.deliveries > self._max_deliveries:
             # The reaper's rule: delivered too often without an outcome (its workers died —
             # OOM, kill -9 — before any code could count a failure). Never run it again.
             await self._reap(delivery)
             return
-        task = decode_task(
+        task = decode_task(  # positionally: keywords cost more, once a task
             delivery.fields,
-            stream=family.stream,
-            entry_id=delivery.entry_id,
-            priority=family.priority,
-            max_payload_bytes=self._settings.max_payload_bytes,
+            family.stream,
+            delivery.entry_id,
+            family.priority,
+            self._max_payload_bytes,
         )
         if isinstance(task, Rejected):
             await self._reject(delivery, task)
@@ -158,7 +161,7 @@ class Runner:
                     "retry_count": task.retry_count,
                 },
             )
-        tokens = self._hooks.before(task, now, delivery.enqueued_at) if self._hooks else None
+        tokens = self._hooks.before(task, now, delivery.enqueued_at) if self._has_hooks else None
         started = time.perf_counter()
         error: BaseException | None = None
         lane.arm(timeout)
@@ -358,4 +361,3 @@ class Runner:
                 ),
                 what="defer",
             )
-

@@ -231,8 +231,7 @@ class Worker:
             while True:
                 # One cancel scope for many tasks; the watchdog cancels it when a handler runs
                 # past its timeout, and then the lane goes on in a fresh one (deadlines.py).
-                lane.scope = anyio.CancelScope()
-                with lane.scope:
+                with lane.renew():
                     while not lane.expired:
                         try:
                             delivery = await take()
