@@ -101,10 +101,20 @@ class StatusStore:
 
     def _queue_rows(self, pipe: Any, records: Sequence[tuple[str, list[str | int]]]) -> None:
         """One script call per slot group (just one off a cluster) for ``(task_id, row)``s."""
-        status_key = self._keys.status
-        for members in self._keys.task_groups([task_id for task_id, _ in records]):
-            keys = [status_key(records[i][0]) for i in members]
-            rows = [records[i][1] for i in members]
+        if not records:
+            return
+        groups: list[tuple[list[str], list[list[str | int]]]]
+        if not self._keys.cluster:
+            # One group, and each key is the same prefix and the task id (keyspace.status).
+            prefix = self._keys.status("")
+            groups = [([prefix + task_id for task_id, _ in records], [r for _, r in records])]
+        else:
+            status_key = self._keys.status
+            groups = [
+                ([status_key(records[i][0]) for i in members], [records[i][1] for i in members])
+                for members in self._keys.task_groups([task_id for task_id, _ in records])
+            ]
+        for keys, rows in groups:
             # execute_command: redis-py's cluster pipeline refuses the eval method, not EVAL
             pipe.execute_command(
                 "EVAL", _WRITE_MANY_SCRIPT, len(keys), *keys, self._ttl, _rows_encoder.encode(rows)
