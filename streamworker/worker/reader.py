@@ -36,53 +36,64 @@ _SPLIT_AT = 8  # smaller batches are handed over in one piece
 
 
 class Slots:
-    """Free handler slots: taken by the reader per batch, given back by a runner per task.
+    """Free handler slots: taken by the feeders per batch, given back by a runner per task.
 
     A plain count, not an ``anyio.Semaphore``: a runner gives its slot back once a task, and
-    a semaphore's ``release`` (a lock-free waiter check and a method call through its
-    adapter) cost more than the count. The feeders that wait for slots (the readers and the
-    recoverer, a handful) wait on a bare asyncio future, as the hand-off's runners do; every
-    waiter is woken when slots come back and takes what it finds (none is owed a slot, so a
-    waiter that finds none waits again)."""
+    a semaphore's ``release`` costs more than the count. It keeps a semaphore's fairness: a
+    slot given back while feeders wait (the readers, one per partition on a cluster, and the
+    recoverer) goes straight to the one that has waited longest, so one feeder cannot take
+    every slot again and again while another waits (each partition gets read). A waiter
+    waits on a bare asyncio future, as the hand-off's runners do."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._free = size
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[asyncio.Future[None]] = deque()  # each gets one slot when woken
 
     async def take_batch(self, limit: int, *, eager: bool = False) -> int:
         """At least one slot and at most ``limit``, as many as are free. ``eager`` takes free
         slots without first letting the runners go on (see ``hand_over``)."""
-        if not (eager and self._free > 0):
+        if eager and self._free > 0:
+            taken = 0
+        else:
             await anyio.lowlevel.checkpoint()
-            while self._free <= 0:
+            if self._free > 0:
+                taken = 0
+            else:
                 await self._wait()
-        taken = min(limit, self._free)
-        self._free -= taken
-        return taken
+                taken = 1  # handed over by give()
+        more = min(limit - taken, self._free)
+        self._free -= more
+        return taken + more
 
     async def take(self) -> None:
         await anyio.lowlevel.checkpoint()
-        while self._free <= 0:
+        if self._free > 0:
+            self._free -= 1
+        else:
             await self._wait()
-        self._free -= 1
 
     async def _wait(self) -> None:
+        """Until :meth:`give` hands this waiter a slot."""
         wake = asyncio.get_running_loop().create_future()
         self._waiters.append(wake)
         try:
             await wake
-        finally:
-            if wake in self._waiters:  # cancelled while waiting
+        except BaseException:
+            if wake.done() and not wake.cancelled():
+                self.give()  # handed a slot, then cancelled before it ran: pass it on
+            elif wake in self._waiters:
                 self._waiters.remove(wake)
+            raise
 
     def give(self, n: int = 1) -> None:
-        self._free += n
         waiters = self._waiters
-        while waiters:
+        while n and waiters:
             wake = waiters.popleft()
-            if not wake.done():
+            if not wake.done():  # a cancelled waiter's future is done already: skip it
                 wake.set_result(None)
+                n -= 1
+        self._free += n
 
     @property
     def free(self) -> int:
