@@ -452,7 +452,24 @@ class Broker:
                     self._evalsha(pipe, "ack_delete", [stream], [self.group, *ids])
             self.status.write_many(pipe, writes)  # one script call, one reply, for the batch
 
-        await self._run_pipeline(build)
+        if self.keys.cluster:
+            await self._run_pipeline(build)
+            return
+        # Off a cluster, straight onto one connection (send_in_order) rather than through a
+        # redis-py Pipeline object, which cost a quarter of the batch's client CPU here
+        # (about 375 against 285 us for 30 acks and statuses). Every command in it can run
+        # twice harmlessly, so after NOSCRIPT (Redis lost its scripts) it is all sent again.
+        if not self._sha:
+            await self.load_scripts()
+        commands = CommandList()
+        build(commands)
+        if not commands:
+            return
+        try:
+            await self.send_in_order([commands])
+        except NoScriptError:
+            await self.load_scripts()
+            await self.send_in_order([commands])
 
     async def retry(
         self,
