@@ -163,6 +163,21 @@ class CommandList(list[tuple[Any, ...]]):
         self.append(args)
 
 
+class Settlement:
+    """Acknowledgements and status writes to send in the same round trip as a read
+    (:meth:`Broker.read`'s ``settle``). ``done`` tells whether Redis took all of them."""
+
+    __slots__ = ("acks", "done", "items", "writes")
+
+    def __init__(
+        self, acks: Mapping[int, Sequence[bytes]], writes: Sequence[StatusWrite], items: Any
+    ) -> None:
+        self.acks = acks
+        self.writes = writes
+        self.items = items  # what the sender gives back if not done
+        self.done = False
+
+
 class Broker:
     def __init__(
         self,
@@ -247,13 +262,18 @@ class Broker:
         start_ids: Sequence[str],
         *,
         gate_at: str | None = None,
+        settle: Settlement | None = None,
     ) -> list[Delivery]:
         """Up to ``total`` entries across the families in ``order``, in one round trip.
 
         With ``gate_at`` (a ``started_at`` time) on a single Redis, the same script also passes
         the entries through the start gate (see :meth:`begin`); :meth:`begin` then only has
         the few it left (those naming a ``scheduled_for`` time) to do. On a cluster the keys
-        a gate touches may live in other slots, so :meth:`begin` does all of it."""
+        a gate touches may live in other slots, so :meth:`begin` does all of it.
+
+        With ``settle`` on a single Redis, its acknowledgements and status writes (as
+        :meth:`settle` sends them) go first in the same round trip; ``settle.done`` says
+        whether all of them were taken. On a cluster they are left to the caller."""
         keys = [self.families[i].stream for i in order]
         args: list[Any] = [self.group, consumer, total]
         for quota, start in zip(quotas, start_ids, strict=True):
@@ -263,7 +283,10 @@ class Broker:
         if gate:
             args += (gate_at, self.keys.status(""), self.keys.cancelled(""))
             args += (self.families[i].priority for i in order)
-        flat = await self._eval("read_batch", keys, args)
+        if settle is not None and not self.keys.cluster:
+            flat = await self._read_settling(keys, args, settle)
+        else:
+            flat = await self._eval("read_batch", keys, args)
         now = time.time()
         out = []
         step = 5 if gate else 4
@@ -278,6 +301,30 @@ class Broker:
                 delivery.cancelled = flag == 1
             out.append(delivery)
         return out
+
+    async def _read_settling(
+        self, keys: Sequence[str], args: Sequence[Any], settle: Settlement
+    ) -> Any:
+        """The read script's reply, with ``settle``'s commands sent before it on the same
+        connection in the same write (one round trip where there were two)."""
+        if not self._sha:
+            await self.load_scripts()
+        commands = CommandList()
+        self._settle_commands(commands, settle.acks, settle.writes)
+        first = len(commands)
+        commands.execute_command("EVALSHA", self._sha["read_batch"], len(keys), *keys, *args)
+        replies = await self.send_in_order([commands], raise_errors=False)
+        if isinstance(replies[first], NoScriptError):
+            # The read did not run: load the scripts and send everything again (the acks
+            # and status writes may run twice, which changes nothing).
+            await self.load_scripts()
+            replies = await self.send_in_order([commands], raise_errors=False)
+        # A failed acknowledgement goes back to the acker, which retries it on its own.
+        settle.done = not any(isinstance(reply, Exception) for reply in replies[:first])
+        flat = replies[first]
+        if isinstance(flat, Exception):
+            raise flat
+        return flat
 
     async def wait_for_entries(
         self, consumer: str, block_ms: int, families: Sequence[int] | None = None
@@ -445,15 +492,8 @@ class Broker:
         entries.
         """
 
-        def build(pipe: Any) -> None:
-            for index, ids in acks.items():
-                if ids:
-                    stream = self.families[index].stream
-                    self._evalsha(pipe, "ack_delete", [stream], [self.group, *ids])
-            self.status.write_many(pipe, writes)  # one script call, one reply, for the batch
-
         if self.keys.cluster:
-            await self._run_pipeline(build)
+            await self._run_pipeline(lambda pipe: self._settle_commands(pipe, acks, writes))
             return
         # Off a cluster, straight onto one connection (send_in_order) rather than through a
         # redis-py Pipeline object, which cost a quarter of the batch's client CPU here
@@ -462,7 +502,7 @@ class Broker:
         if not self._sha:
             await self.load_scripts()
         commands = CommandList()
-        build(commands)
+        self._settle_commands(commands, acks, writes)
         if not commands:
             return
         try:
@@ -470,6 +510,15 @@ class Broker:
         except NoScriptError:
             await self.load_scripts()
             await self.send_in_order([commands])
+
+    def _settle_commands(
+        self, pipe: Any, acks: Mapping[int, Sequence[bytes]], writes: Iterable[StatusWrite]
+    ) -> None:
+        for index, ids in acks.items():
+            if ids:
+                stream = self.families[index].stream
+                self._evalsha(pipe, "ack_delete", [stream], [self.group, *ids])
+        self.status.write_many(pipe, writes)  # one script call, one reply, for the batch
 
     async def retry(
         self,
@@ -617,11 +666,14 @@ class Broker:
             return ("EVAL", script, 1, family.stream, entries)
         return ("EVAL", script, 1, family.stream, entries, status_prefix)
 
-    async def send_in_order(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> list[Any]:
+    async def send_in_order(
+        self, chunks: Iterable[Sequence[Sequence[Any]]], *, raise_errors: bool = True
+    ) -> list[Any]:
         """Send each chunk of commands as soon as ``chunks`` yields it, all on one connection,
         and read the replies at the end: the caller builds chunk k+1 while Redis runs chunk
         k, and Redis runs the commands in the order given (a pipeline builds everything
-        first, then waits). Raises the first error reply once every reply is read.
+        first, then waits). Raises the first error reply once every reply is read (or, with
+        ``raise_errors=False``, returns it in its place).
 
         As a pipeline does, the whole stream is sent once more on a fresh connection after a
         connection error, so a command may run twice (at-least-once). Single Redis only, and
@@ -638,9 +690,10 @@ class Broker:
                     raise
                 source = [*sent, *chunks]  # what was built already, then the rest
                 sent = []
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
+        if raise_errors:
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
         return replies
 
     async def _send_in_order(

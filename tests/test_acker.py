@@ -94,3 +94,57 @@ async def test_complete_nowait_queues_when_there_is_room_and_refuses_when_full()
     assert sorted(e for batch in broker.settled for e in batch) == [
         f"{n}-0".encode() for n in range(5)
     ]
+
+
+async def test_a_read_takes_what_is_queued_up_to_an_in_order_operation() -> None:
+    broker = _Broker()
+    broker.gate.set()
+    acker = Acker(broker, capacity=100)  # type: ignore[arg-type]
+    assert acker.take_for_read() is None  # nothing queued
+    for n in range(3):
+        assert acker.complete_nowait(0, f"{n}-0".encode(), f"t{n}", {})
+    order: list[str] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: acker.run_in_order(_op(order), what="test"))
+        await anyio.wait_all_tasks_blocked()  # queued behind the three, not run
+        assert acker.complete_nowait(0, b"3-0", "t3", {})
+        settlement = acker.take_for_read()
+        assert settlement is not None
+        assert settlement.acks == {0: [b"0-0", b"1-0", b"2-0"]}
+        assert [w[0] for w in settlement.writes] == ["t0", "t1", "t2"]
+        assert acker.take_for_read() is None  # one batch on its way at a time
+
+        # While the read carries them, the acker sends nothing of its own (order), ...
+        await tg.start(acker.run)
+        await anyio.wait_all_tasks_blocked()
+        assert broker.settled == [] and order == []
+        # ... and once Redis took them, it goes on with the operation and the rest.
+        settlement.done = True
+        acker.read_done(settlement)
+        await anyio.wait_all_tasks_blocked()
+        assert order == ["op"]
+        assert broker.settled == [[b"3-0"]]
+        assert acker.settled_with_reads == 1
+        acker.close()
+
+
+async def test_what_a_failed_read_carried_goes_back_to_the_front_of_the_queue() -> None:
+    broker = _Broker()
+    broker.gate.set()
+    acker = Acker(broker, capacity=100)  # type: ignore[arg-type]
+    acker.reads_settle = True
+    for n in range(3):
+        acker.complete_nowait(0, f"{n}-0".encode(), f"t{n}", {})
+    settlement = acker.take_for_read()
+    assert settlement is not None
+    acker.complete_nowait(0, b"3-0", "t3", {})
+    async with anyio.create_task_group() as tg:
+        await tg.start(acker.run)
+        await anyio.wait_all_tasks_blocked()
+        assert broker.settled == []  # waits for the read
+        acker.read_done(settlement)  # not done: the read failed
+        await anyio.wait_all_tasks_blocked()
+        acker.close()
+    # the acker sent them itself, in their order, before what came after
+    assert [e for batch in broker.settled for e in batch] == [b"0-0", b"1-0", b"2-0", b"3-0"]
+    assert acker.settled_with_reads == 0

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from streamworker import Producer, Registry, Settings, TaskContext, TaskSpec
-from streamworker.broker import Broker
+from streamworker.broker import Broker, Settlement
 from streamworker.keyspace import Keyspace
 from streamworker.status import StatusStore
 from tests.conftest import dead_letters, pending_is, running_worker, status_is, wait_for
@@ -371,6 +371,46 @@ async def test_settling_removes_the_acknowledged_entries_and_no_other(
     await redis.delete(family.stream)  # deleted under the worker: settling still succeeds
     await broker.settle({index: [ids[0]]})
     assert await redis.exists(family.stream) == 0
+
+
+async def test_a_read_carries_the_previous_batch_acks_and_statuses(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # One round trip: the settlement's commands go first, then the read. What Redis refused
+    # is reported (done is False) for the acker to send again; the read is still returned.
+    keys = Keyspace(settings.prefix)
+    broker = Broker(redis, keys, settings.group, status=StatusStore(keys, 60))
+    await broker.load_scripts()
+    await broker.ensure_groups()
+    family = keys.family("normal")
+    index = keys.families.index(family)
+    for n in range(6):
+        await redis.xadd(family.stream, {"task_type": "job", "payload": "{}", "n": str(n)})
+
+    async def read(settle: Settlement | None) -> list[bytes]:
+        got = await broker.read(settings.consumer, 2, [index], [2], [">"], settle=settle)
+        return [d.entry_id for d in got]
+
+    first = await read(None)
+    written = {"completed_at": "2026-11-23T00:00:00.000Z"}
+    settle = Settlement({index: first}, [("t1", "completed", written)], items=None)
+    second = await read(settle)
+    assert settle.done
+    assert len(second) == 2 and not set(first) & set(second)
+    assert await pending_ids(redis, family.stream, settings.group) == second
+    assert await redis.hget(keys.status("t1"), "status") == b"completed"
+
+    await redis.script_flush()  # Redis lost its scripts: loaded again, everything resent
+    settle = Settlement({index: second}, [], items=None)
+    third = await read(settle)
+    assert settle.done and len(third) == 2
+    assert await pending_ids(redis, family.stream, settings.group) == third
+
+    await redis.set(keys.status("t2"), "not a hash")  # a status write Redis refuses
+    settle = Settlement({index: third}, [("t2", "completed", written)], items=None)
+    assert await read(settle) == []  # nothing left to read; the read itself went through
+    assert not settle.done  # so the acker sends this batch again on its own
+    assert await pending_ids(redis, family.stream, settings.group) == []  # acks ran first
 
 
 async def pending_ids(redis: aioredis.Redis, stream: str, group: str) -> list[bytes]:

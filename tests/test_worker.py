@@ -10,7 +10,16 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from streamworker import Defer, PermanentError, Producer, Registry, Retry, Settings, TaskContext
+from streamworker import (
+    Defer,
+    PermanentError,
+    Producer,
+    Registry,
+    Retry,
+    Settings,
+    TaskContext,
+    TaskSpec,
+)
 from streamworker.keyspace import Keyspace
 from tests.conftest import dead_letters, running_worker, status_is, wait_for, xlen_is
 
@@ -395,3 +404,35 @@ async def test_running_status_is_complete_for_published_and_raw_entries(
             assert row["started_at"]
         release.set()
         await wait_for(lambda: status_is(redis, settings, "raw-1", "completed"))
+
+
+async def test_a_busy_worker_sends_its_acks_and_statuses_with_its_reads(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # Under load the acker's batches ride on the reader's next read (one round trip instead
+    # of two); every entry is still acknowledged and deleted once, with its final status.
+    registry = Registry()
+    done: list[str] = []
+
+    @registry.handler("quick")
+    async def quick(payload: dict[str, Any], ctx: TaskContext) -> None:
+        done.append(ctx.task_id)
+
+    producer = producer_for(settings)
+    ids = await producer.publish_many(
+        [TaskSpec(task_type="quick", payload={"n": n}) for n in range(3000)]
+    )
+    await producer.aclose()
+    stream = f"{settings.prefix}normal_priority_tasks"
+    async with running_worker(settings, registry, concurrency=16) as worker:
+        await wait_for(lambda: xlen_is(redis, stream, 0))
+        assert worker.acker.settled_with_reads > 0
+    assert sorted(done) == sorted(ids)  # each ran once
+    assert await redis.xpending(stream, settings.group) == {
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
+    }
+    for task_id in ids[::300]:
+        assert await status_is(redis, settings, task_id, "completed")

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ..broker import Broker
+from ..broker import Broker, Settlement, StatusWrite
 from .retrying import until_done
 
 log = logging.getLogger("streamworker.worker")
@@ -41,6 +41,14 @@ class Acker:
         self._closed = False
         self._wake_acker: anyio.Event | None = None  # set while the acker waits for items
         self._room: anyio.Event | None = None  # set while runners wait for room
+        # A batch of ours is on its way to Redis, sent by the acker or with a read: the next
+        # one waits for it, so that a task's status writes land in the order they were made.
+        self._sending = False
+        self._sent: anyio.Event | None = None  # set while the acker waits for a read's batch
+        #: Set by the worker when its reader sends acks with its reads (single Redis): the
+        #: acker then gives the reader a chance to take what is queued before sending it.
+        self.reads_settle = False
+        self.settled_with_reads = 0
         self.flushed_batches = 0
         self.finished = anyio.Event()
 
@@ -101,6 +109,42 @@ class Acker:
             raise box["error"]
         return box["result"]  # type: ignore[no-any-return]
 
+    def take_for_read(self) -> Settlement | None:
+        """What is queued, for the reader to send in the same round trip as its next read
+        (``Broker.read``'s ``settle``), up to the first in-order operation; None when there
+        is nothing, or while a batch is already on its way. The reader must hand it back
+        with :meth:`read_done`."""
+        queue = self._queue
+        if self._sending or not queue or queue[0][0] == _IN_ORDER:
+            return None
+        items: list[Item] = []
+        while queue and len(items) < self._max_batch and queue[0][0] != _IN_ORDER:
+            items.append(queue.popleft())
+        self._sending = True
+        self._made_room()
+        acks, writes = self._collect(items)
+        return Settlement(acks, writes, items)
+
+    def read_done(self, settlement: Settlement) -> None:
+        """The read that carried ``settlement`` returned or failed. What Redis did not take
+        goes back to the front of the queue, in order, for the acker to send."""
+        self._sending = False
+        if settlement.done:
+            self.settled_with_reads += 1
+        else:
+            self._queue.extendleft(reversed(settlement.items))
+            if self._wake_acker is not None:
+                self._wake_acker.set()
+                self._wake_acker = None
+        if self._sent is not None:
+            self._sent.set()
+            self._sent = None
+
+    def _made_room(self) -> None:
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+
     def close(self) -> None:
         """No more items: the acker flushes what it holds and returns."""
         self._closed = True
@@ -121,28 +165,42 @@ class Acker:
     async def _serve(self) -> None:
         queue = self._queue
         while True:
+            if self._sending:
+                # The reader's read carries a batch: ours goes after it (or it comes back).
+                self._sent = sent = anyio.Event()
+                await sent.wait()
+                continue
             if not queue:
                 if self._closed:
                     return
                 self._wake_acker = wake = anyio.Event()
                 await wake.wait()
                 continue
+            if self.reads_settle and not self._closed:
+                # Under load the reader is about to read again (it hands a batch over in two
+                # halves, and reads between them): let it take what is queued along with
+                # that read, one round trip instead of two. If it does not, send it now.
+                await anyio.lowlevel.cancel_shielded_checkpoint()
+                if self._sending or not queue:
+                    continue
             take = min(len(queue), self._max_batch)
             batch = [queue.popleft() for _ in range(take)]
-            if self._room is not None:
-                self._room.set()
-                self._room = None
+            self._made_room()
             # An ack in flight must not be abandoned half-way by a cancellation.
             with anyio.CancelScope(shield=True):
-                start = 0
-                for i, item in enumerate(batch):
-                    if item[0] == _IN_ORDER:
-                        if i > start:
-                            await self._flush(batch[start:i])
-                        await self._run_op(item[4])
-                        start = i + 1
-                if start < len(batch):
-                    await self._flush(batch[start:])
+                self._sending = True
+                try:
+                    start = 0
+                    for i, item in enumerate(batch):
+                        if item[0] == _IN_ORDER:
+                            if i > start:
+                                await self._flush(batch[start:i])
+                            await self._run_op(item[4])
+                            start = i + 1
+                    if start < len(batch):
+                        await self._flush(batch[start:])
+                finally:
+                    self._sending = False
 
     async def _run_op(self, box: dict[str, Any]) -> None:
         try:
@@ -153,6 +211,12 @@ class Acker:
             box["done"].set()
 
     async def _flush(self, batch: list[Item]) -> None:
+        acks, write_list = self._collect(batch)
+        await until_done(lambda: self._broker.settle(acks, write_list), what="ack", max_delay=2.0)
+        self.flushed_batches += 1
+
+    def _collect(self, batch: list[Item]) -> tuple[dict[int, list[bytes]], list[StatusWrite]]:
+        """The batch's entry ids per stream, and one status write per task (merged)."""
         acks: dict[int, list[bytes]] = defaultdict(list)
         writes: dict[str, tuple[str, dict[str, Any]]] = {}
         statuses = self._statuses
@@ -167,6 +231,4 @@ class Acker:
                 merged.update(fields)
                 fields = merged
             writes[task_id] = (state, fields)
-        write_list = [(task_id, state, fields) for task_id, (state, fields) in writes.items()]
-        await until_done(lambda: self._broker.settle(acks, write_list), what="ack", max_delay=2.0)
-        self.flushed_batches += 1
+        return acks, [(task_id, state, fields) for task_id, (state, fields) in writes.items()]

@@ -27,6 +27,7 @@ from redis.exceptions import ResponseError
 from ..broker import Broker
 from ..hooks import TaskHooks
 from ..wire import Delivery, format_time
+from .acker import Acker
 from .handoff import Feed
 from .outage import Outage
 from .retrying import TRANSIENT, until_done
@@ -114,8 +115,12 @@ class Reader:
         check_cancelled: bool = False,
         hooks: TaskHooks | None = None,
         families: Sequence[int] | None = None,
+        acker: Acker | None = None,
     ) -> None:
         self._broker = broker
+        # On a single Redis the acker's queued acks and statuses go with each read (one
+        # round trip per batch where there were two); see Acker.take_for_read.
+        self._acker = acker
         #: Indices into ``broker.families`` this reader covers, grouped by priority (rank).
         covered = range(len(broker.families)) if families is None else families
         by_rank: dict[int, list[int]] = {}
@@ -216,15 +221,22 @@ class Reader:
         self, n: int, order: list[int], quotas: list[int], start_ids: list[str]
     ) -> list[Delivery] | None:
         """The entries read, or None after a failure (already waited out)."""
+        acker = self._acker
+        settle = acker.take_for_read() if acker is not None else None
         try:
-            deliveries = await self._broker.read(
-                self._consumer,
-                n,
-                order,
-                quotas,
-                start_ids,
-                gate_at=format_time(time.time()) if self._check_cancelled else None,
-            )
+            try:
+                deliveries = await self._broker.read(
+                    self._consumer,
+                    n,
+                    order,
+                    quotas,
+                    start_ids,
+                    gate_at=format_time(time.time()) if self._check_cancelled else None,
+                    settle=settle,
+                )
+            finally:
+                if settle is not None:
+                    acker.read_done(settle)  # type: ignore[union-attr]  # what failed goes back
         except TRANSIENT as exc:
             await self._outage.failed(exc)
             return None

@@ -90,9 +90,11 @@ class Worker:
                 check_cancelled=settings.track_status,
                 hooks=self.hooks,
                 families=group,
+                acker=None if self.keys.cluster else self.acker,
             )
             for group in read_groups
         ]
+        self.acker.reads_settle = not self.keys.cluster
         self.reader = self.readers[0]
         self.recoverer = Recoverer(
             self.broker,
