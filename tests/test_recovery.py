@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from streamworker import Producer, Registry, Settings, TaskContext, TaskSpec
 from streamworker.broker import Broker, Settlement
-from streamworker.keyspace import Keyspace
+from streamworker.keyspace import Keyspace, StreamFamily
 from streamworker.status import StatusStore
 from tests.conftest import dead_letters, pending_is, running_worker, status_is, wait_for
 
@@ -326,18 +326,25 @@ async def test_an_idempotent_publish_writes_its_status_with_the_entry(
     await producer.aclose()
 
 
+async def _broker_on_normal(
+    settings: Settings, redis: aioredis.Redis
+) -> tuple[Keyspace, Broker, StreamFamily, int]:
+    """A broker with its scripts and groups, and the normal family with its index."""
+    keys = Keyspace(settings.prefix)
+    broker = Broker(redis, keys, settings.group, status=StatusStore(keys, 60))
+    await broker.load_scripts()
+    await broker.ensure_groups()
+    family = keys.family("normal")
+    return keys, broker, family, keys.families.index(family)
+
+
 async def test_settling_removes_the_acknowledged_entries_and_no_other(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
     # ack_delete.lua trims what lies below the first pending entry and deletes the rest of
     # what it acknowledged one by one. Ids are compared as numbers: "10-1" comes after
     # "9-10", and "9-100" after "9-10".
-    keys = Keyspace(settings.prefix)
-    broker = Broker(redis, keys, settings.group, status=StatusStore(keys, 60))
-    await broker.load_scripts()
-    await broker.ensure_groups()
-    family = keys.family("normal")
-    index = keys.families.index(family)
+    keys, broker, family, index = await _broker_on_normal(settings, redis)
     ids = [
         f"{ms}-{seq}".encode() for ms in (9, 10, 99, 100, 1000) for seq in (1, 2, 9, 10, 100, 101)
     ]
@@ -378,12 +385,7 @@ async def test_a_read_carries_the_previous_batch_acks_and_statuses(
 ) -> None:
     # One round trip: the settlement's commands go first, then the read. What Redis refused
     # is reported (done is False) for the acker to send again; the read is still returned.
-    keys = Keyspace(settings.prefix)
-    broker = Broker(redis, keys, settings.group, status=StatusStore(keys, 60))
-    await broker.load_scripts()
-    await broker.ensure_groups()
-    family = keys.family("normal")
-    index = keys.families.index(family)
+    keys, broker, family, index = await _broker_on_normal(settings, redis)
     for n in range(6):
         await redis.xadd(family.stream, {"task_type": "job", "payload": "{}", "n": str(n)})
 
