@@ -1,9 +1,16 @@
 """Acker: acknowledges finished entries and writes statuses in batches.
 
-Runners hand over what they finished; the acker sends whatever has gathered since its last
-round trip as one pipeline (XACK + XDEL per stream, status writes coalesced per task). Under
-load batches form by themselves; when idle a single completion is sent at once, so the batching
-adds no latency.
+Runners hand over what they finished; what has gathered since the last batch goes to Redis as
+one batch (``ack_delete.lua`` per stream, status writes coalesced per task). Under load batches
+form by themselves; when idle a single completion is sent at once, so the batching adds no
+latency.
+
+On a single Redis, under load, the reader takes the batch and sends it in the same round trip
+as its next read (:meth:`Acker.take_for_read`), so a batch costs one round trip instead of
+two; the acker sends on its own only what the reader does not take (idle, or blocked waiting
+for entries). Only one batch is on its way at a time, whoever sends it, so a task's status
+writes land in the order they were made; what a failed read carried comes back to the front
+of the queue.
 
 The queue is a bounded deque rather than a memory object stream: handing over a completion is
 then an append (no checkpoint, no task switch) unless the queue is full, which only happens
