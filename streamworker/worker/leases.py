@@ -37,12 +37,6 @@ class Leases:
         self.renewed = 0
         self.lost = 0
 
-    def hold(self, delivery: Delivery) -> None:
-        self.running[delivery] = time.monotonic()
-
-    def release(self, delivery: Delivery) -> None:
-        self.running.pop(delivery, None)
-
     def __len__(self) -> int:
         return len(self.running)
 

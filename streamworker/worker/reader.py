@@ -235,8 +235,8 @@ class Reader:
                     settle=settle,
                 )
             finally:
-                if settle is not None:
-                    acker.read_done(settle)  # type: ignore[union-attr]  # what failed goes back
+                if settle is not None and acker is not None:
+                    acker.read_done(settle)  # what Redis did not take goes back
         except TRANSIENT as exc:
             await self._outage.failed(exc)
             return None
