@@ -72,6 +72,9 @@ class Acker:
         if self._closed:
             raise anyio.ClosedResourceError
         self._queue.append(item)
+        self._wake()
+
+    def _wake(self) -> None:
         if self._wake_acker is not None:
             self._wake_acker.set()
             self._wake_acker = None
@@ -140,9 +143,7 @@ class Acker:
             self.settled_with_reads += 1
         else:
             self._queue.extendleft(reversed(settlement.items))
-            if self._wake_acker is not None:
-                self._wake_acker.set()
-                self._wake_acker = None
+            self._wake()
         if self._sent is not None:
             self._sent.set()
             self._sent = None

@@ -68,11 +68,7 @@ class Slots:
         return taken + more
 
     async def take(self) -> None:
-        await anyio.lowlevel.checkpoint()
-        if self._free > 0:
-            self._free -= 1
-        else:
-            await self._wait()
+        await self.take_batch(1)
 
     async def _wait(self) -> None:
         """Until :meth:`give` hands this waiter a slot."""

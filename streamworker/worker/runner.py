@@ -182,15 +182,10 @@ class Runner:
             if not self._acker.complete_nowait(
                 delivery.family_index, delivery.entry_id, task.task_id, fields
             ):
-                # The acker is behind (Redis is not taking acks): wait for room.
-                if lane.expired:
-                    # Timed out just as it returned: it counts as done (as with a per-task
-                    # scope), but the lane's scope is cancelled, so this must be shielded.
-                    with anyio.CancelScope(shield=True):
-                        await self._acker.complete(
-                            delivery.family_index, delivery.entry_id, task.task_id, fields
-                        )
-                else:
+                # The acker is behind (Redis is not taking acks): wait for room. If the
+                # handler timed out just as it returned, it counts as done (as with a per-task
+                # scope), but the lane's scope is cancelled, so the wait must be shielded.
+                with anyio.CancelScope(shield=lane.expired):
                     await self._acker.complete(
                         delivery.family_index, delivery.entry_id, task.task_id, fields
                     )
