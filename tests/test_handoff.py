@@ -13,7 +13,7 @@ import pytest
 
 from streamworker.wire import Delivery
 from streamworker.worker.handoff import Handoff
-from streamworker.worker.reader import hand_over
+from streamworker.worker.reader import Slots, hand_over
 
 pytestmark = pytest.mark.anyio
 
@@ -170,13 +170,24 @@ async def test_a_waiting_handler_never_holds_up_the_deliveries_behind_it() -> No
         feed.close()
 
 
-@pytest.mark.parametrize(("size", "paused_after"), [(4, None), (8, 4), (9, 4)])
-async def test_the_reader_hands_a_batch_over_in_two_halves(
-    size: int, paused_after: int | None
+@pytest.mark.parametrize(
+    ("size", "free", "paused_after", "eager"),
+    [
+        (4, 0, None, False),  # small: one piece, and the runners start before the next read
+        (8, 0, 4, True),  # no free slot: half first, so the next read has some to fill
+        (9, 0, 4, True),
+        (40, 20, 12, True),  # up to half the slots free for the next read (20 + 12 = 32)
+        (40, 32, None, True),  # half the slots free already: read for them at once
+    ],
+)
+async def test_the_reader_hands_a_batch_over_for_the_next_read_to_overlap(
+    size: int, free: int, paused_after: int | None, eager: bool
 ) -> None:
-    # Between the halves the runners get to run (and free slots for the next read); a small
+    # Between the parts the runners get to run (and free slots for the next read); a small
     # batch goes in one piece. Here a task that is ready to run marks where the pause fell.
     events: list[str] = []
+    slots = Slots(64)
+    await slots.take_batch(64 - free)
 
     class Recorder:
         def send_nowait(self, item: Delivery) -> None:
@@ -187,8 +198,8 @@ async def test_the_reader_hands_a_batch_over_in_two_halves(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(ready)
-        split = await hand_over(Recorder(), [delivery(n) for n in range(size)])  # type: ignore[arg-type]
-    assert split is (paused_after is not None)
+        read_at_once = await hand_over(Recorder(), [delivery(n) for n in range(size)], slots)  # type: ignore[arg-type]
+    assert read_at_once is eager
     sent = [e for e in events if e != "pause"]
     assert sent == [f"{n}-0" for n in range(size)]
     assert events.index("pause") == (size if paused_after is None else paused_after)

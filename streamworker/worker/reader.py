@@ -3,8 +3,9 @@
 It never fetches more than there are free slots (one read of several streams in one round
 trip), except that a blocking wait can return one entry per stream; those wait for a slot.
 On start it first re-reads this consumer's own pending entries (left by a previous run of
-the same consumer name), walking each stream's pending list with a cursor. A batch is handed
-over in two halves (``hand_over``), so that the next read overlaps the runners' work.
+the same consumer name), walking each stream's pending list with a cursor. Under load, the
+next read goes out while the runners work on the batch just handed over (``hand_over``), so
+Redis and the runners work at the same time.
 
 A reader covers a set of families that one script can read together: all of them on a single
 node, one partition's (one hash slot) on Redis Cluster, where the worker runs one reader per
@@ -174,12 +175,12 @@ class Reader:
         async with send:
             task_status.started()
             await self._read_own_pending(send)
-            split = False
+            eager = False
             while True:
-                # After a split hand-over, read for the slots the first half freed at once,
-                # while the runners still have the second half to do.
-                n = await self._slots.take_batch(self._max_batch, eager=split)
-                split = False
+                # After a batch of some size, read for the free slots at once, while the
+                # runners still have (part of) that batch to do.
+                n = await self._slots.take_batch(self._max_batch, eager=eager)
+                eager = False
                 order, quotas = self.plan(n)
                 deliveries = await self._fetch(n, order, quotas, [">"] * len(order))
                 if deliveries is None:
@@ -192,7 +193,7 @@ class Reader:
                         await self._slots.take()
                         await send.send(delivery)
                     continue
-                split = await hand_over(send, deliveries)
+                eager = await hand_over(send, deliveries, self._slots)
 
     async def _read_own_pending(self, send: Feed) -> None:
         cursors = dict.fromkeys(self.families, "0")
@@ -276,21 +277,33 @@ class Reader:
         return deliveries
 
 
-async def hand_over(send: Feed, deliveries: list[Delivery]) -> bool:
-    """Hand over a batch in two halves, letting the runners go through the first half
-    before the second is handed over. The slots the first half frees are then read for
-    (the next round trip) while the runners work on the second half: the worker is not
-    left idle for a whole read after each batch. The pause cannot be cancelled, so a
-    batch is always handed over whole. True when it was split.
+async def hand_over(send: Feed, deliveries: list[Delivery], slots: Slots) -> bool:
+    """Hand over a batch so that the next read can overlap the runners' work on it. True when
+    the reader should read for the free slots at once (without first letting the runners
+    go through what they were handed).
 
-    A small batch goes in one piece, and the reader then lets the runners start on it before
+    Under load this settles into double buffering: about half the slots are with the
+    runners while the entries for the other half are being read, and each read goes out as
+    soon as the previous one is handed over. When fewer than half the slots are free, a
+    first part of the batch (up to half) is handed over and the runners go through it
+    before the rest is handed over, so that the next read has about half the slots to
+    fill; a read for a handful of slots would cost a whole round trip for little. The pause
+    cannot be cancelled, so a batch is always handed over whole.
+
+    A small batch goes in one piece, and the reader then lets its runners start on it before
     it reads again: under a light load, a task's start is not put behind the next read."""
-    half = len(deliveries) // 2 if len(deliveries) >= _SPLIT_AT else 0
+    n = len(deliveries)
+    if n < _SPLIT_AT:
+        first = 0
+        eager = False
+    else:
+        first = max(0, min(n // 2, slots.size // 2 - slots.free))
+        eager = True
     put = send.send_nowait
-    for delivery in deliveries[:half]:
+    for delivery in deliveries[:first]:
         put(delivery)
-    if half:
+    if first:
         await anyio.lowlevel.cancel_shielded_checkpoint()
-    for delivery in deliveries[half:]:
+    for delivery in deliveries[first:]:
         put(delivery)
-    return bool(half)
+    return eager
