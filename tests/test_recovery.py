@@ -313,6 +313,42 @@ async def test_the_gate_in_the_read_writes_what_begin_writes(
     assert rows[1][2][b"task_type"] == b"job" and rows[1][2][b"retry_count"] == b"3"
 
 
+@pytest.mark.parametrize("gate_in_read", [False, True], ids=["begin", "read"])
+async def test_the_gate_reads_the_status_first(
+    settings: Settings, redis: aioredis.Redis, gate_in_read: bool
+) -> None:
+    # A status says whether the task was cancelled; only a task without one (its hash
+    # expired while it waited) has its cancel marker looked up. A repeated delivery of a
+    # task that already finished loses the terminal state's TTL when it is marked running;
+    # a queued task never had one.
+    keys = Keyspace(settings.prefix)
+    producer = Producer.from_settings(settings)
+    queued, cancelled, expired, finished = await producer.publish_many(
+        [TaskSpec(task_type="job", payload={}) for _ in range(4)]
+    )
+    await redis.hset(keys.status(cancelled), "status", "cancelled")
+    await redis.delete(keys.status(expired))
+    await redis.set(keys.cancelled(expired), "1", ex=60)
+    await redis.hset(keys.status(finished), "status", "completed")
+    await redis.expire(keys.status(finished), 60)
+    broker = Broker(redis, keys, settings.group, status=producer.status)
+    await broker.load_scripts()
+    await broker.ensure_groups()
+    at = "2026-01-01T00:00:00.000Z"
+    deliveries = await broker.read(
+        settings.consumer, 4, [2], [4], [">"], gate_at=at if gate_in_read else None
+    )
+    await broker.begin(deliveries, at)
+    assert [d.cancelled for d in deliveries] == [False, True, True, False]
+    for task_id in (queued, finished):
+        status = await producer.status.read(redis, task_id)
+        assert status is not None and status.status == "running" and status.started_at == at
+        assert status.task_type == "job"  # the publish's fields are kept
+        assert await redis.ttl(keys.status(task_id)) == -1
+    assert not await redis.exists(keys.status(expired))  # skipped: nothing written
+    await producer.aclose()
+
+
 async def test_an_idempotent_publish_writes_its_status_with_the_entry(
     settings: Settings, redis: aioredis.Redis
 ) -> None:

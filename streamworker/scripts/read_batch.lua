@@ -47,30 +47,39 @@ local function gate(i, fields)
   if scheduled then
     return 2
   end
+  local key = status_prefix .. task_id
+  -- The status says whether the task was cancelled (the cancel script writes it and the
+  -- marker together); only without a status hash (never tracked, or expired while a
+  -- scheduled task waited) is the marker itself looked up.
+  local state = redis.call('HGET', key, 'status')
+  if state == 'cancelled' then
+    return 1
+  end
+  if state then
+    redis.call('HSET', key, 'status', 'running', 'started_at', started_at)
+    if state == 'completed' or state == 'failed' then
+      -- A terminal state's TTL must go (a repeated delivery); the other states have none.
+      redis.call('PERSIST', key)
+    end
+    return 0
+  end
   if redis.call('EXISTS', cancel_prefix .. task_id) == 1 then
     return 1
   end
-  local key = status_prefix .. task_id
-  -- Every status write sets 'status': both fields new means there was no hash, so the
-  -- rest of the row is written too (one call instead of EXISTS + HSET in the usual case).
-  if redis.call('HSET', key, 'status', 'running', 'started_at', started_at) < 2 then
-    redis.call('PERSIST', key)  -- it may hold a terminal state's TTL (a repeated delivery)
-  else
-    if not retry_count or retry_count == '' then
-      retry_count = '0'
-    end
-    local row = {'task_id', task_id, 'priority', ARGV[extra + 2 + i],
-      'retry_count', string.sub(retry_count, 1, 200)}
-    if task_type and task_type ~= '' then
-      row[#row + 1] = 'task_type'
-      row[#row + 1] = string.sub(task_type, 1, 200)
-    end
-    if created_at and created_at ~= '' then
-      row[#row + 1] = 'created_at'
-      row[#row + 1] = string.sub(created_at, 1, 200)
-    end
-    redis.call('HSET', key, unpack(row))
+  if not retry_count or retry_count == '' then
+    retry_count = '0'
   end
+  local row = {'status', 'running', 'started_at', started_at, 'task_id', task_id,
+    'priority', ARGV[extra + 2 + i], 'retry_count', string.sub(retry_count, 1, 200)}
+  if task_type and task_type ~= '' then
+    row[#row + 1] = 'task_type'
+    row[#row + 1] = string.sub(task_type, 1, 200)
+  end
+  if created_at and created_at ~= '' then
+    row[#row + 1] = 'created_at'
+    row[#row + 1] = string.sub(created_at, 1, 200)
+  end
+  redis.call('HSET', key, unpack(row))
   return 0
 end
 for pass = 1, 2 do
