@@ -256,10 +256,14 @@ class Producer:
                 raise InvalidTask("payload must be a JSON object")
         except msgspec.ValidationError as exc:
             raise InvalidTask(f"payload does not match the {task_type} contract: {exc}") from None
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            # msgspec before 0.23 raised UnicodeDecodeError for invalid UTF-8 inside a
+            # string, later versions a DecodeError: say which it was either way.
+            try:
+                raw.decode()
+            except UnicodeDecodeError:
+                raise InvalidTask("payload is not valid UTF-8") from None
             raise InvalidTask("payload is not valid JSON") from None
-        except UnicodeDecodeError:
-            raise InvalidTask("payload is not valid UTF-8") from None
         return raw
 
     def _prepare(self, spec: TaskSpec, now: float, created_at: str, new_id: str) -> _Prepared:
