@@ -128,7 +128,8 @@ async def test_write_many_leaves_what_write_leaves(
     ]
     one = redis.pipeline(transaction=False)
     for task_id, state, fields in writes:
-        await redis.hset(keys.status(task_id), "old", "1")
+        # Each task's hash as its first write left it (a completion does not repeat task_id).
+        await redis.hset(keys.status(task_id), mapping={"old": "1", "task_id": task_id})
         await redis.expire(keys.status(task_id), 50)
         store.write(one, "w-" + task_id, state, **fields)
     await one.execute()
