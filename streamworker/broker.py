@@ -707,12 +707,16 @@ class Broker:
                 sent.append(chunk)
                 await conn.send_packed_command(conn.pack_commands(chunk))
                 count += len(chunk)
+            # Error replies come back as exceptions: the connection stays in step.
+            read_replies = getattr(conn, "read_replies", None)  # ours (connection.py)
+            if read_replies is not None:
+                return await read_replies(count)  # type: ignore[no-any-return]
             replies: list[Any] = []
             for _ in range(count):
                 try:
                     replies.append(await conn.read_response())
                 except ResponseError as exc:
-                    replies.append(exc)  # an error reply: the connection stays in step
+                    replies.append(exc)
             return replies
         except BaseException:
             await conn.disconnect()

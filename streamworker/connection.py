@@ -8,7 +8,10 @@ command). These classes change only that:
 - ``pack_command`` is ``hiredis.pack_command``; a value hiredis does not take (None, a bool,
   a dict) goes through redis-py's own packer, so it fails with redis-py's usual DataError;
 - a send writes to the transport directly and waits under the socket timeout only when the
-  kernel did not take all of it (the only case in which the write can block).
+  kernel did not take all of it (the only case in which the write can block);
+- ``read_replies`` reads the replies of several commands sent together straight from the
+  hiredis parser, under one timeout for them all (``read_response`` sets up a timeout and
+  goes through three layers per reply): the broker's batches (a read with its acks) use it.
 
 Everything else (parsing, health checks, retries, TLS, Unix sockets) is redis-py's.
 """
@@ -20,6 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import hiredis
+import redis._parsers.hiredis as redis_hiredis
 import redis.exceptions as redis_errors
 from redis.asyncio.connection import (
     AbstractConnection,
@@ -78,6 +82,51 @@ class _HiredisPacking(AbstractConnection):
             # As redis-py: a half-sent command leaves the connection unusable.
             await self.disconnect(nowait=True)
             raise
+
+    async def read_replies(self, count: int) -> list[Any]:
+        """The next ``count`` replies; an error reply is returned as its exception (as
+        redis-py would raise it), not raised. Any failure drops the connection, since it is
+        then out of step with its commands."""
+        parser = self._parser
+        if not isinstance(parser, redis_hiredis._AsyncHiredisParser):
+            return [await self._read_one() for _ in range(count)]  # pragma: no cover
+        reader = parser._reader
+        if reader is None or not parser._connected:
+            raise redis_errors.ConnectionError("Connection closed by server.")
+        replies: list[Any] = []
+        try:
+            async with asyncio.timeout(self.socket_timeout):
+                while len(replies) < count:
+                    reply = reader.gets()
+                    while reply is _NOT_ENOUGH_DATA or reply is False:  # False: older redis-py
+                        await parser.read_from_socket()
+                        reply = reader.gets()
+                    if isinstance(reply, redis_errors.ConnectionError):
+                        raise reply  # e.g. LOADING: redis-py raises these too
+                    replies.append(reply)
+        except TimeoutError:  # asyncio's
+            await self.disconnect(nowait=True)
+            raise redis_errors.TimeoutError("Timeout reading from socket") from None
+        except OSError as exc:
+            await self.disconnect(nowait=True)
+            raise redis_errors.ConnectionError(f"Error while reading from socket: {exc}") from exc
+        except BaseException:
+            await self.disconnect(nowait=True)
+            raise
+        if self.health_check_interval:
+            self.next_health_check = asyncio.get_running_loop().time() + self.health_check_interval
+        return replies
+
+    async def _read_one(self) -> Any:
+        try:
+            return await self.read_response()
+        except redis_errors.ResponseError as exc:
+            return exc
+
+
+# What the hiredis reader returns while a reply is incomplete, as redis-py configures it
+# (older versions leave hiredis's own False; no RESP2 reply parses to False).
+_NOT_ENOUGH_DATA = getattr(redis_hiredis, "NOT_ENOUGH_DATA", False)
 
 
 class FastConnection(_HiredisPacking, Connection):

@@ -1,5 +1,6 @@
 """The client's connections: hiredis's packer gives the bytes redis-py's own would, refuses
-what redis-py refuses, and a command too big for one socket write still arrives whole."""
+what redis-py refuses, and a command too big for one socket write still arrives whole; the
+replies of commands sent together are read in order, error replies as exceptions."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
-from redis.exceptions import DataError
+from redis.exceptions import DataError, NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamworker import Producer, Settings
 from streamworker.broker import connect
@@ -65,6 +67,54 @@ async def test_the_client_uses_it_and_a_big_command_arrives_whole(
         pipe.set("sw-test:small", "1").get("sw-test:small").delete("sw-test:big", "sw-test:small")
         assert await pipe.execute() == [True, b"1", 2]
     finally:
+        await client.aclose()
+
+
+async def test_replies_read_together_come_in_order_with_errors_as_exceptions(
+    redis_server: EmbeddedRedis,
+) -> None:
+    client = connect(redis_server.url, max_connections=1)  # the same connection throughout
+    pool = client.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        big = b"y" * (3 * 1024 * 1024)  # a reply that arrives in many socket reads
+        await conn.send_packed_command(
+            conn.pack_commands(
+                [
+                    ("SET", "sw-test:big", big),
+                    ("GET", "sw-test:big"),
+                    ("LPUSH", "sw-test:big", "x"),  # WRONGTYPE
+                    ("EVALSHA", "0" * 40, 0),  # NOSCRIPT
+                    ("PING",),
+                ]
+            )
+        )
+        ok, value, wrong, noscript, pong = await conn.read_replies(5)
+        assert ok is True or ok == b"OK"
+        assert value == big
+        assert isinstance(wrong, aioredis.ResponseError) and "WRONGTYPE" in str(wrong)
+        assert isinstance(noscript, NoScriptError)
+        assert pong in (True, b"PONG")
+        await conn.send_packed_command(conn.pack_command("DEL", "sw-test:big"))
+        assert await conn.read_replies(1) == [1]  # still in step
+    finally:
+        await pool.release(conn)
+        await client.aclose()
+
+
+async def test_a_reply_that_does_not_come_in_time_drops_the_connection(
+    redis_server: EmbeddedRedis,
+) -> None:
+    client = connect(redis_server.url, socket_timeout=0.2)
+    pool = client.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await conn.send_packed_command(conn.pack_command("BLPOP", "sw-test:never", 2))
+        with pytest.raises(RedisTimeoutError):
+            await conn.read_replies(1)
+        assert not conn.is_connected  # its late reply can never be taken for another's
+    finally:
+        await pool.release(conn)
         await client.aclose()
 
 
