@@ -14,13 +14,15 @@ from redis.exceptions import DataError, NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamworker import Producer, Settings
-from streamworker.broker import connect
+from streamworker.broker import Broker, connect
 from streamworker.connection import (
     FastConnection,
     FastSSLConnection,
     FastUnixDomainSocketConnection,
 )
 from streamworker.embedded import EmbeddedRedis, free_port
+from streamworker.keyspace import Keyspace
+from streamworker.status import StatusStore
 from tests.conftest import recording_registry, running_worker, status_is, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -177,3 +179,25 @@ async def test_a_tls_url_gets_its_own_fast_class(tmp_path: Path) -> None:
             assert await client.get("sw-test:tls") == big
         finally:
             await client.aclose()
+
+
+async def test_the_broker_keeps_one_connection_and_a_failed_one_goes_back_closed(
+    redis_server: EmbeddedRedis, redis: aioredis.Redis
+) -> None:
+    client = connect(redis_server.url)
+    keys = Keyspace("sw-test")
+    broker = Broker(client, keys, "g", status=StatusStore(keys, 60))
+    try:
+        assert await broker.send_in_order([[("PING",)]]) in ([True], [b"PONG"])
+        (first,) = broker._kept
+        await broker.send_in_order([[("PING",)]])
+        assert broker._kept == [first]  # taken and kept again, not from the pool
+        await redis.client_kill_filter(skipme=True)  # the server drops it
+        assert await broker.send_in_order([[("SET", "sw-test:k", "v")]]) == [b"OK"]  # raw
+        # The failed connection went back to the pool, closed; the resend took one from the
+        # pool (redis-py may hand back the same object, connected afresh) and kept it.
+        (second,) = broker._kept
+        assert second.is_connected
+        assert await redis.get("sw-test:k") == b"v"
+    finally:
+        await client.aclose()

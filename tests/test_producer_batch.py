@@ -197,7 +197,8 @@ async def test_a_big_batch_is_sent_again_after_a_dropped_connection(
 ) -> None:
     producer = Producer.from_settings(settings)  # its own client and pool
     keys = Keyspace(settings.prefix)
-    await producer.publish_many([TaskSpec(task_type="note", payload={})])  # a pooled connection
+    await producer.publish_many([TaskSpec(task_type="note", payload={})])  # a kept connection
+    await redis.client_kill_filter(skipme=True)  # drops it (and every other but this one)
     specs = [TaskSpec(task_type="note", payload={"n": i}) for i in range(500)]
     calls = 0
     send = producer._broker._send_in_order
@@ -205,8 +206,9 @@ async def test_a_big_batch_is_sent_again_after_a_dropped_connection(
     get_connection = pool.get_connection
 
     async def dropped_once_taken(*args: Any, **kwargs: Any) -> Any:
-        # Dropped by the server after the pool's own checks passed (newer redis-py
-        # versions check a pooled connection as it is taken, and would reconnect).
+        # Should the first attempt take a connection from the pool instead: dropped by the
+        # server after the pool's own checks passed (newer redis-py versions check a pooled
+        # connection as it is taken, and would reconnect).
         conn = await get_connection(*args, **kwargs)
         if calls == 1:
             await redis.client_kill_filter(skipme=True)  # every connection but this one
