@@ -72,16 +72,12 @@ class _HiredisPacking(AbstractConnection):
                 await asyncio.wait_for(writer.drain(), self.socket_timeout)
             else:
                 await writer.drain()  # returns at once unless the transport is closing
-        except TimeoutError:  # asyncio's, from wait_for
-            await self.disconnect(nowait=True)
-            raise redis_errors.TimeoutError("Timeout writing to socket") from None
-        except OSError as exc:
-            await self.disconnect(nowait=True)
-            raise redis_errors.ConnectionError(f"Error while writing to socket: {exc}") from exc
-        except BaseException:
+        except BaseException as exc:
             # As redis-py: a half-sent command leaves the connection unusable.
-            await self.disconnect(nowait=True)
-            raise
+            error = await self._dropped(exc, "writing to")
+            if error is exc:
+                raise
+            raise error from exc
 
     async def read_replies(self, count: int) -> list[Any]:
         """The next ``count`` replies; an error reply is returned as its exception (as
@@ -104,18 +100,24 @@ class _HiredisPacking(AbstractConnection):
                     if isinstance(reply, redis_errors.ConnectionError):
                         raise reply  # e.g. LOADING: redis-py raises these too
                     replies.append(reply)
-        except TimeoutError:  # asyncio's
-            await self.disconnect(nowait=True)
-            raise redis_errors.TimeoutError("Timeout reading from socket") from None
-        except OSError as exc:
-            await self.disconnect(nowait=True)
-            raise redis_errors.ConnectionError(f"Error while reading from socket: {exc}") from exc
-        except BaseException:
-            await self.disconnect(nowait=True)
-            raise
+        except BaseException as exc:
+            error = await self._dropped(exc, "reading from")
+            if error is exc:
+                raise
+            raise error from exc
         if self.health_check_interval:
             self.next_health_check = asyncio.get_running_loop().time() + self.health_check_interval
         return replies
+
+    async def _dropped(self, exc: BaseException, doing: str) -> BaseException:
+        """Drop the connection after a failed socket operation; what to raise for ``exc``
+        (redis-py's own errors for a timeout or an OS error, else ``exc`` itself)."""
+        await self.disconnect(nowait=True)
+        if isinstance(exc, TimeoutError):  # asyncio's (wait_for, timeout)
+            return redis_errors.TimeoutError(f"Timeout {doing} socket")
+        if isinstance(exc, OSError):
+            return redis_errors.ConnectionError(f"Error while {doing} socket: {exc}")
+        return exc
 
     async def _read_one(self) -> Any:
         try:

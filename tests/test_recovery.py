@@ -331,12 +331,10 @@ async def test_the_gate_reads_the_status_first(
     await redis.set(keys.cancelled(expired), "1", ex=60)
     await redis.hset(keys.status(finished), "status", "completed")
     await redis.expire(keys.status(finished), 60)
-    broker = Broker(redis, keys, settings.group, status=producer.status)
-    await broker.load_scripts()
-    await broker.ensure_groups()
+    _, broker, _, index = await _broker_on_normal(settings, redis)
     at = "2026-01-01T00:00:00.000Z"
     deliveries = await broker.read(
-        settings.consumer, 4, [2], [4], [">"], gate_at=at if gate_in_read else None
+        settings.consumer, 4, [index], [4], [">"], gate_at=at if gate_in_read else None
     )
     await broker.begin(deliveries, at)
     assert [d.cancelled for d in deliveries] == [False, True, True, False]
