@@ -95,8 +95,9 @@ class StatusStore:
         """Queue many ``(task_id, state, fields)`` writes on ``pipe``: one script call for
         the completions that carry only ``completed_at`` (the common case), one for the rest.
 
-        Leaves the same hashes and expiries as calling :meth:`write` for each, in order,
-        except that a completion does not write ``task_id`` again (its hash has it).
+        Leaves the same hashes and expiries as calling :meth:`write` for each, except that
+        a completion does not write ``task_id`` again (its hash has it). The two calls run
+        completions first: give at most one write per task (the acker merges a task's).
         """
         if not self.enabled:
             return
