@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .connection import use_hiredis_packing
+from .connection import read_replies, use_hiredis_packing
 from .keyspace import Keyspace, StreamFamily
 from .status import StatusStore
 from .wire import MAX_FIELDS, Delivery, Fields, pack_fields, parse_time
@@ -714,16 +714,7 @@ class Broker:
                 await conn.send_packed_command(conn.pack_commands(chunk))
                 count += len(chunk)
             # Error replies come back as exceptions: the connection stays in step.
-            read_replies = getattr(conn, "read_replies", None)  # ours (connection.py)
-            if read_replies is not None:
-                replies: list[Any] = await read_replies(count)
-            else:
-                replies = []
-                for _ in range(count):
-                    try:
-                        replies.append(await conn.read_response())
-                    except ResponseError as exc:
-                        replies.append(exc)
+            replies = await read_replies(conn, count)
             done = True
             return replies
         except BaseException:

@@ -33,7 +33,7 @@ from redis.asyncio.connection import (
     UnixDomainSocketConnection,
 )
 
-__all__ = ["use_hiredis_packing"]
+__all__ = ["read_replies", "use_hiredis_packing"]
 
 
 class _HiredisPacking(AbstractConnection):
@@ -85,7 +85,7 @@ class _HiredisPacking(AbstractConnection):
         then out of step with its commands."""
         parser = self._parser
         if not isinstance(parser, redis_hiredis._AsyncHiredisParser):
-            return [await self._read_one() for _ in range(count)]  # pragma: no cover
+            return await read_each(self, count)  # pragma: no cover
         reader = parser._reader
         if reader is None or not parser._connected:
             raise redis_errors.ConnectionError("Connection closed by server.")
@@ -119,11 +119,24 @@ class _HiredisPacking(AbstractConnection):
             return redis_errors.ConnectionError(f"Error while {doing} socket: {exc}")
         return exc
 
-    async def _read_one(self) -> Any:
+
+async def read_replies(conn: AbstractConnection, count: int) -> list[Any]:
+    """The next ``count`` replies on any redis-py connection, error replies as exceptions:
+    straight from the parser on ours, else one ``read_response`` each."""
+    if isinstance(conn, _HiredisPacking):
+        return await conn.read_replies(count)
+    return await read_each(conn, count)
+
+
+async def read_each(conn: AbstractConnection, count: int) -> list[Any]:
+    """``read_replies`` through redis-py's ``read_response``, one reply at a time."""
+    replies: list[Any] = []
+    for _ in range(count):
         try:
-            return await self.read_response()
+            replies.append(await conn.read_response())
         except redis_errors.ResponseError as exc:
-            return exc
+            replies.append(exc)  # an error reply: the connection stays in step
+    return replies
 
 
 # What the hiredis reader returns while a reply is incomplete, as redis-py configures it

@@ -1,8 +1,8 @@
 -- begin_batch: the gate between reading entries and running them. Per task: if its status
--- is 'cancelled' (or, without a status, its cancel marker exists), report it cancelled (it will be acknowledged without running); otherwise
--- mark its status 'running'. Check and write are one step, so a cancel either lands before
--- (the task is skipped) or finds the task 'running' and is refused — never "cancelled" for a
--- task that then runs.
+-- is 'cancelled' (or, without a status, its cancel marker exists), report it cancelled (it
+-- will be acknowledged without running); otherwise mark its status 'running'. Check and
+-- write are one step, so a cancel either lands before (the task is skipped) or finds the
+-- task 'running' and is refused — never "cancelled" for a task that then runs.
 -- KEYS:  cancel marker 1, status hash 1, cancel marker 2, status hash 2, ...
 -- ARGV:  MessagePack array with one status row per task: {'status', 'running', 'started_at', t,
 --        field, value, ...}, or {} to only check whether it was cancelled (status not
