@@ -173,7 +173,7 @@ async def hook_cost(redis_url: str, otlp: str, config: dict[str, Any], n: int) -
     cost = (_cpu() - before) / n * 1e6
     async with obs.running():
         pass
-    await redis.delete(f"{settings.prefix}audit_events")
+    await redis.delete(f"{settings.prefix}audit_events", f"{settings.prefix}audit_events:index")
     await redis.aclose()
     return cost
 

@@ -243,3 +243,10 @@ class Keyspace:
     @property
     def audit_events(self) -> str:
         return self._key("audit_events")
+
+    @property
+    def audit_index(self) -> str:
+        """The audit stream's entry counts (``audit_append.lua``); on a cluster in the stream's
+        slot (its hash tag is the stream's whole name, which carries no tag of its own)."""
+        stream = self.audit_events
+        return f"{{{stream}}}:index" if self.cluster else f"{stream}:index"

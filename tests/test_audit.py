@@ -27,6 +27,7 @@ from streamworker.observability.audit import (
     AuditHook,
     HttpForwarder,
     StreamSink,
+    stream_events,
 )
 from streamworker.settings import ConfigError
 from tests.conftest import running_worker, wait_for
@@ -109,8 +110,8 @@ async def test_started_and_completed_events_go_to_the_audit_stream(
         await wait_for(lambda: worker.completed_runs == 21)
     # leaving obs.running() flushed the buffer
     entries = await redis.xrange(Keyspace(settings.prefix).audit_events)
-    assert {tuple(fields) for _, fields in entries} == {(b"event",)}
-    events = [json.loads(fields[b"event"]) for _, fields in entries]
+    assert {tuple(fields) for _, fields in entries} == {(b"total", b"count", b"events")}
+    events = stream_events(entries)
     assert len(events) == 42
     started = {e["task_id"] for e in events if e["event_type"] == "background_task_started"}
     completed = {e["task_id"]: e for e in events if e["event_type"] == "background_task_completed"}
@@ -127,26 +128,104 @@ async def test_started_and_completed_events_go_to_the_audit_stream(
     await producer.aclose()
 
 
-async def test_audit_stream_is_bounded(settings: Settings, redis: aioredis.Redis) -> None:
+def started(task_id: str) -> tuple[Any, ...]:
+    return ("background_task_started", 0.0, task_id, "noop", "normal", 1, None, None, None, None)
+
+
+async def drain_sink(sink: StreamSink, events: int) -> None:
+    async with anyio.create_task_group() as tg:
+        await tg.start(sink.run)
+        await wait_for(lambda: sink.buffer.sent == events)
+        tg.cancel_scope.cancel()
+
+
+async def test_audit_stream_is_bounded_in_events(settings: Settings, redis: aioredis.Redis) -> None:
     stream = Keyspace(settings.prefix).audit_events
     buffer = AuditBuffer("stream", 10_000)
     sink = StreamSink(buffer, redis, stream, 200, service="s", consumer="c")
     for i in range(3000):
-        buffer.put(
-            ("background_task_started", 0.0, f"t{i}", "noop", "normal", 1, None, None, None, None)
-        )
-    async with anyio.create_task_group() as tg:
-        await tg.start(sink.run)
-        await wait_for(lambda: buffer.sent == 3000)
-        tg.cancel_scope.cancel()
-    assert await redis.xlen(stream) < 1000  # MAXLEN ~ 200: trimmed in whole nodes
+        buffer.put(started(f"t{i}"))
+    await drain_sink(sink, 3000)
+    entries = await redis.xrange(stream)
+    events = stream_events(entries)
+    # the newest events, at least the cap and less than one entry more
+    assert 200 <= len(events) < 200 + StreamSink.per_entry
+    assert [e["task_id"] for e in events] == [f"t{i}" for i in range(3000 - len(events), 3000)]
+    # each entry says how many events it holds and how many the stream had taken in all
+    totals = [int(fields[b"total"]) for _, fields in entries]
+    counts = [int(fields[b"count"]) for _, fields in entries]
+    assert totals[-1] == 3000 and sum(counts) == len(events)
+    assert all(b - a == n for a, b, n in zip(totals, totals[1:], counts[1:], strict=False))
 
 
-async def test_each_event_is_one_stream_entry_with_its_exact_document(
+async def test_a_full_batch_is_sent_without_waiting_for_the_interval(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
-    # The batch is encoded as newline-delimited JSON, then split at the newlines: text with
-    # newlines, quotes and non-ASCII characters must come out as one entry per event, unchanged.
+    # Under load events come faster than a timer would drain them: a batch's worth wakes
+    # the sink (it would otherwise sleep the whole interval, here far longer than the test).
+    stream = Keyspace(settings.prefix).audit_events
+    buffer = AuditBuffer("stream", 10_000)
+    sink = StreamSink(buffer, redis, stream, 10_000, service="s", consumer="c", interval=600)
+    async with anyio.create_task_group() as tg:
+        await tg.start(sink.run)
+        for i in range(3000):
+            buffer.put(started(f"t{i}"))
+            if i % 100 == 99:
+                await anyio.sleep(0)
+        await wait_for(lambda: buffer.sent >= 2500)
+        tg.cancel_scope.cancel()
+    assert buffer.dropped == 0
+
+
+async def test_sinks_sharing_the_audit_stream_keep_one_count(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # Several workers append to one stream: the cap holds for all of them together, and a
+    # batch smaller than an entry is an entry of its own.
+    stream = Keyspace(settings.prefix).audit_events
+    sinks = [
+        StreamSink(AuditBuffer("stream", 1000), redis, stream, 150, service="s", consumer=c)
+        for c in ("a", "b")
+    ]
+    for round_ in range(4):
+        for sink in sinks:
+            for i in range(70):
+                sink.buffer.put(started(f"{sink._consumer}{round_}-{i}"))
+            await sink._drain()
+    entries = await redis.xrange(stream)
+    assert int(entries[-1][1][b"total"]) == 560
+    events = stream_events(entries)
+    assert 150 <= len(events) < 150 + 70
+    assert events[-1]["task_id"] == "b3-69" and events[-1]["consumer"] == "b"
+
+
+async def test_entries_of_the_older_format_are_read_and_go_once_the_cap_is_reached(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # Before events were batched, each entry held one event in its `event` field (and there
+    # was no index). They stay until the new entries alone hold the cap, then all go at once.
+    stream = Keyspace(settings.prefix).audit_events
+    for i in range(500):
+        await redis.xadd(stream, {"event": json.dumps({"task_id": f"old{i}"})})
+    sink = StreamSink(AuditBuffer("stream", 1000), redis, stream, 200, service="s", consumer="c")
+    for i in range(150):
+        sink.buffer.put(started(f"new{i}"))
+    await drain_sink(sink, 150)
+    events = stream_events(await redis.xrange(stream))
+    assert len(events) == 650 and events[0]["task_id"] == "old0"
+    assert events[-1]["task_id"] == "new149"
+    for i in range(150, 250):
+        sink.buffer.put(started(f"new{i}"))
+    await drain_sink(sink, 250)
+    events = stream_events(await redis.xrange(stream))
+    assert 200 <= len(events) < 300 and events[-1]["task_id"] == "new249"
+    assert not any(e["task_id"].startswith("old") for e in events)
+
+
+async def test_each_event_comes_back_with_its_exact_document(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # Text with newlines, quotes and non-ASCII characters comes back unchanged.
     stream = Keyspace(settings.prefix).audit_events
     buffer = AuditBuffer("stream", 100)
     sink = StreamSink(buffer, redis, stream, 1000, service="s", consumer="c")
@@ -158,7 +237,7 @@ async def test_each_event_is_one_stream_entry_with_its_exact_document(
         await tg.start(sink.run)
         await wait_for(lambda: buffer.sent == len(odd))
         tg.cancel_scope.cancel()
-    documents = [json.loads(fields[b"event"]) for _, fields in await redis.xrange(stream)]
+    documents = stream_events(await redis.xrange(stream))
     assert [d["task_type"] for d in documents] == odd
     assert documents[0] == {
         "event_type": "background_task_completed",
@@ -276,7 +355,8 @@ async def test_unreachable_audit_service_loses_no_task(
     http_sink = next(s for s in obs.sinks if s.name == "http")
     assert http_sink.retries >= 1 and http_sink.buffer.sent == 0
     assert http_sink.buffer.dropped == 60  # what was left at shutdown is counted as dropped
-    assert await redis.xlen(Keyspace(settings.prefix).audit_events) == 60
+    entries = await redis.xrange(Keyspace(settings.prefix).audit_events)
+    assert len(stream_events(entries)) == 60
     await producer.aclose()
 
 

@@ -18,6 +18,7 @@ from streamworker.broker import connect
 from streamworker.embedded import EmbeddedRedis, free_port
 from streamworker.keyspace import Keyspace
 from streamworker.observability import build_observability
+from streamworker.observability.audit import stream_events
 from streamworker.observability.http import MetricsServer
 from streamworker.settings import ConfigError
 from tests.conftest import WorkerProcess, running_worker, start_worker_process, wait_for
@@ -333,8 +334,8 @@ async def test_cli_worker_serves_metrics_and_flushes_audit_on_sigterm(
     lines = second.output().strip().splitlines()
     assert len(lines) == 1 and "METRICS_PORT" in lines[0] and str(port) in lines[0], lines
     assert await anyio.to_thread.run_sync(worker.terminate) == 0, worker.output()
-    audit = await redis.xlen(Keyspace(settings.prefix).audit_events)
-    assert audit == 40  # started + completed for each, flushed at exit
+    audit = stream_events(await redis.xrange(Keyspace(settings.prefix).audit_events))
+    assert len(audit) == 40  # started + completed for each, flushed at exit
     events = {json.loads(line)["event"] for line in worker.output().splitlines()}
     assert {"worker_started", "task_completed", "worker_stopping", "metrics_listening"} <= events
     await producer.aclose()

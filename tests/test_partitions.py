@@ -29,6 +29,7 @@ from streamworker.deadletters import DeadLetters
 from streamworker.embedded import EmbeddedCluster
 from streamworker.keyspace import PRIORITIES, Keyspace, partition_tag
 from streamworker.maintenance import Maintenance
+from streamworker.observability.audit import AuditBuffer, StreamSink, stream_events
 from streamworker.producer import TaskSpec
 from streamworker.settings import ConfigError
 from streamworker.stats import collect_stats
@@ -79,6 +80,9 @@ def test_partitions_carry_a_hash_tag_spread_over_the_slot_space() -> None:
     assert key_slot(clustered.scheduler_leader.encode()) == key_slot(
         clustered.scheduler_fence.encode()
     )
+    # the audit stream and its index are appended to by one script
+    assert key_slot(clustered.audit_events.encode()) == key_slot(clustered.audit_index.encode())
+    assert keys.audit_index == "x:audit_events:index"
     # one partition on a cluster still needs the tag: stream, delayed set and dead letters
     single = Keyspace(cluster=True)
     family = single.family("high")
@@ -618,3 +622,26 @@ async def test_cluster_api_submit_status_cancel_stats_and_dead_letters(
         assert len(stats["partitions"]) == 24
         assert sum(p["length"] for p in stats["priorities"]) == 1  # the keyed one
         assert (await http.get("/api/v1/dead-letters")).json()["total"] == 0
+
+
+async def test_cluster_audit_stream_is_appended_and_capped(
+    cluster_settings: Settings, cluster_redis: Any
+) -> None:
+    keys = cluster_settings.keyspace()
+    sink = StreamSink(
+        AuditBuffer("stream", 1000),
+        cluster_redis,
+        keys.audit_events,
+        150,
+        index=keys.audit_index,
+        service="s",
+        consumer="c",
+    )
+    for i in range(400):
+        sink.buffer.put(("background_task_started", 0.0, f"t{i}", "noop", "normal", 1,
+                         None, None, None, None))  # fmt: skip
+    await sink._drain()
+    assert sink.buffer.sent == 400 and sink.retries == 0
+    events = stream_events(await cluster_redis.xrange(keys.audit_events))
+    assert 150 <= len(events) < 250 and events[-1]["task_id"] == "t399"
+    await cluster_redis.delete(keys.audit_events, keys.audit_index)

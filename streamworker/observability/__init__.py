@@ -131,12 +131,14 @@ def build_observability(
         if redis is None:
             redis = own_redis = connect_to(settings)
         service, consumer = settings.otel_service_name, settings.consumer
+        keys = settings.keyspace()
         sinks.append(
             StreamSink(
                 AuditBuffer("stream", settings.audit_buffer_size),
                 redis,
-                settings.keyspace().audit_events,
+                keys.audit_events,
                 settings.audit_stream_maxlen,
+                index=keys.audit_index,
                 service=service,
                 consumer=consumer,
             )
