@@ -22,6 +22,7 @@ from streamworker import PermanentError, Producer, Registry, Settings, TaskConte
 from streamworker.keyspace import Keyspace
 from streamworker.observability import build_observability
 from streamworker.observability.audit import (
+    COLUMNS,
     AuditBuffer,
     AuditCollector,
     AuditHook,
@@ -110,7 +111,15 @@ async def test_started_and_completed_events_go_to_the_audit_stream(
         await wait_for(lambda: worker.completed_runs == 21)
     # leaving obs.running() flushed the buffer
     entries = await redis.xrange(Keyspace(settings.prefix).audit_events)
-    assert {tuple(fields) for _, fields in entries} == {(b"total", b"count", b"events")}
+    assert {tuple(fields) for _, fields in entries} == {
+        (b"total", b"count", b"service", b"consumer", b"columns", b"events")
+    }
+    # rows named by the entry's columns: a started event's stops after attempt
+    for _, fields in entries:
+        assert json.loads(fields[b"columns"]) == list(COLUMNS)
+        assert fields[b"service"] == b"background-tasks"
+    rows = [row for _, fields in entries for row in json.loads(fields[b"events"])]
+    assert {len(row) for row in rows} == {6, 10}
     events = stream_events(entries)
     assert len(events) == 42
     started = {e["task_id"] for e in events if e["event_type"] == "background_task_started"}

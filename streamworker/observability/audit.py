@@ -6,8 +6,8 @@ The hook only appends a small tuple to in-memory buffers; nothing on the hot pat
 Redis or the network. Background sinks drain the buffers:
 
 - :class:`StreamSink` appends batches to the bounded ``audit_events`` stream, one entry per
-  up to 100 events holding their JSON documents as an array (``events``), one call per batch
-  (:func:`stream_events` reads them back);
+  up to 100 events holding them as a JSON array of rows (``events``, named by ``columns``),
+  one call per batch (:func:`stream_events` turns entries back into documents);
 - :class:`HttpForwarder` (when ``AUDIT_SERVICE_URL`` is set) POSTs batches as a JSON array
   to the Audit Service, retrying with capped exponential backoff while it is unreachable.
 
@@ -80,6 +80,30 @@ class _CompletedDocument(_StartedDocument):
     outcome: str | None
     error_type: str | None
     duration_ms: float | None
+
+
+#: The stream's column names: a started event's row has the first six, a completed one's all.
+COLUMNS = (
+    "event_type",
+    "timestamp",
+    "task_id",
+    "task_type",
+    "priority",
+    "attempt",
+    "success",
+    "outcome",
+    "error_type",
+    "duration_ms",
+)
+_COLUMNS_JSON = _json.encode(COLUMNS)
+
+
+def event_row(event: Event) -> tuple[Any, ...]:
+    """The event as a row of :data:`COLUMNS` (the stream's form: half the bytes of a
+    document, the keys and the sink's service and consumer written once per entry)."""
+    if event[0] == COMPLETED:
+        return (event[0], format_time(event[1]), *event[2:])
+    return (event[0], format_time(event[1]), *event[2:6])
 
 
 def event_document(event: Event, service: str, consumer: str) -> _StartedDocument:
@@ -305,8 +329,10 @@ class _Sink:
 
 class StreamSink(_Sink):
     """Appends batches to the bounded audit stream: one entry per up to :attr:`per_entry`
-    events, whose ``events`` field is their JSON array (``count``: how many, ``total``: how many
-    the stream had taken in all), written by one script call per batch. The cap
+    events, whose ``events`` field is their JSON array of rows (see :func:`event_row`; the
+    entry's ``columns``, ``service`` and ``consumer`` hold the rest of each document,
+    ``count`` how many events, ``total`` how many the stream had taken in all), written by
+    one script call per batch. The cap
     (``AUDIT_STREAM_MAXLEN``) counts events, not entries; a small list beside the stream
     (``index``, by default the stream's name + ``:index``) keeps each entry's count for the
     trimming. See ``audit_append.lua``."""
@@ -332,27 +358,33 @@ class StreamSink(_Sink):
         self._append = redis.register_script(source)  # reloads itself after NOSCRIPT
 
     async def _send(self, batch: list[Event]) -> bool:
-        service, consumer = self._service, self._consumer
-        args: list[bytes | int] = [self._maxlen]
+        args: list[bytes | str | int] = [self._maxlen, self._service, self._consumer, _COLUMNS_JSON]
         step = self.per_entry
         for start in range(0, len(batch), step):
             chunk = batch[start : start + step]
             args.append(len(chunk))
-            args.append(_json.encode([event_document(e, service, consumer) for e in chunk]))
+            args.append(_json.encode([event_row(e) for e in chunk]))
         await self._append(keys=self._keys, args=args)
         return True
 
 
 def stream_events(entries: Iterable[tuple[Any, dict[bytes, bytes]]]) -> list[dict[str, Any]]:
-    """The events of audit stream entries (as ``XRANGE`` returns them), oldest first. Entries
-    written before events were batched (one event each, field ``event``) are read too."""
+    """The events of audit stream entries (as ``XRANGE`` returns them), oldest first, as the
+    same documents the Audit Service gets. Entries written before events were batched (one
+    document each, field ``event``) are read too."""
     events: list[dict[str, Any]] = []
     for _, fields in entries:
-        batch = fields.get(b"events")
-        if batch is not None:
-            events += msgspec.json.decode(batch)
-        elif b"event" in fields:
-            events.append(msgspec.json.decode(fields[b"event"]))
+        rows = fields.get(b"events")
+        if rows is None:
+            if b"event" in fields:
+                events.append(msgspec.json.decode(fields[b"event"]))
+            continue
+        columns = msgspec.json.decode(fields[b"columns"])
+        where = {"service": fields[b"service"].decode(), "consumer": fields[b"consumer"].decode()}
+        for row in msgspec.json.decode(rows):
+            document = dict(zip(columns, row, strict=False))
+            document.update(where)
+            events.append(document)
     return events
 
 

@@ -1,10 +1,13 @@
 -- audit_append: append batches of audit events to the bounded audit stream in one call.
--- One entry holds a batch of events: `events` is their JSON array (oldest first), `count` how
--- many there are, `total` how many events the stream had taken in all once it was added.
--- An entry per event cost Redis several times as much per event (an XADD each) and the
--- worker a script argument per event.
+-- One entry holds a batch of one worker's events: `events` is a JSON array of rows (oldest
+-- first) whose values `columns` names (a started event's row is shorter: it stops after
+-- `attempt`), `service` and `consumer` say whose they are, `count` how many there are and
+-- `total` how many events the stream had taken in all once it was added. An entry per event
+-- cost Redis several times as much per event (an XADD each), and documents with their keys
+-- twice the bytes.
 -- KEYS:  audit stream, its index (a list, newest first, of "<total> <count> <entry id>")
--- ARGV:  approximate cap in events, then per entry: its event count, its JSON array
+-- ARGV:  approximate cap in events, service, consumer, columns (JSON), then per entry: its
+--        event count, its JSON array of rows
 -- The cap counts events, not entries: the oldest entries go while the entries after them
 -- still hold at least the cap, so the stream keeps between cap and cap + one entry's events,
 -- shared by every worker that appends. The index is what makes that cheap: reading an
@@ -23,11 +26,12 @@ end
 local newest = redis.call('LINDEX', index, 0)
 local total = newest and parse(newest) or 0
 local appended = 0
-for i = 2, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local n = tonumber(ARGV[i])
   total = total + n
   appended = appended + n
-  local id = redis.call('XADD', stream, '*', 'total', total, 'count', n, 'events', ARGV[i + 1])
+  local id = redis.call('XADD', stream, '*', 'total', total, 'count', n, 'service', ARGV[2],
+    'consumer', ARGV[3], 'columns', ARGV[4], 'events', ARGV[i + 1])
   redis.call('LPUSH', index, total .. ' ' .. n .. ' ' .. id)
 end
 
