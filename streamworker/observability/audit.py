@@ -30,6 +30,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import httpx
 import msgspec
 import redis.asyncio as aioredis
@@ -332,10 +333,9 @@ class StreamSink(_Sink):
     events, whose ``events`` field is their JSON array of rows (see :func:`event_row`; the
     entry's ``columns``, ``service`` and ``consumer`` hold the rest of each document,
     ``count`` how many events, ``total`` how many the stream had taken in all), written by
-    one script call per batch. The cap
-    (``AUDIT_STREAM_MAXLEN``) counts events, not entries; a small list beside the stream
-    (``index``, by default the stream's name + ``:index``) keeps each entry's count for the
-    trimming. See ``audit_append.lua``."""
+    one script call per batch. The cap (``AUDIT_STREAM_MAXLEN``) counts events, not entries;
+    a small list beside the stream (``index``, by default the stream's name + ``:index``)
+    keeps each entry's count and running total for the trimming. See ``audit_append.lua``."""
 
     name = "stream"
     #: Events per stream entry: a few tens of kilobytes, small enough to read a page at a time.
@@ -380,10 +380,10 @@ def stream_events(entries: Iterable[tuple[Any, dict[bytes, bytes]]]) -> list[dic
                 events.append(msgspec.json.decode(fields[b"event"]))
             continue
         columns = msgspec.json.decode(fields[b"columns"])
-        where = {"service": fields[b"service"].decode(), "consumer": fields[b"consumer"].decode()}
+        origin = {"service": fields[b"service"].decode(), "consumer": fields[b"consumer"].decode()}
         for row in msgspec.json.decode(rows):
             document = dict(zip(columns, row, strict=False))
-            document.update(where)
+            document.update(origin)
             events.append(document)
     return events
 
