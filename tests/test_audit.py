@@ -231,6 +231,21 @@ async def test_entries_of_the_older_format_are_read_and_go_once_the_cap_is_reach
     assert not any(e["task_id"].startswith("old") for e in events)
 
 
+async def test_a_foreign_item_in_the_index_does_not_stop_the_audit_stream(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    stream = Keyspace(settings.prefix).audit_events
+    await redis.rpush(f"{stream}:index", "not an index item")  # the oldest
+    sink = StreamSink(AuditBuffer("stream", 1000), redis, stream, 100, service="s", consumer="c")
+    for i in range(150):
+        sink.buffer.put(started(f"t{i}"))
+    await drain_sink(sink, 150)
+    assert sink.retries == 0
+    events = stream_events(await redis.xrange(stream))
+    assert len(events) == 150 and events[-1]["task_id"] == "t149"  # cap + under an entry
+    assert b"not an index item" not in await redis.lrange(f"{stream}:index", 0, -1)
+
+
 async def test_each_event_comes_back_with_its_exact_document(
     settings: Settings, redis: aioredis.Redis
 ) -> None:

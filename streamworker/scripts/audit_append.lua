@@ -36,10 +36,11 @@ for i = 5, #ARGV, 2 do
 end
 
 -- The oldest indexed entry goes while what comes after it (total less its total) is the cap
--- or more; the newest always stays (nothing comes after it).
+-- or more; the newest always stays (nothing comes after it). An item that does not parse
+-- (not written by this script) goes too, rather than stop every append after it.
 local oldest = redis.call('LINDEX', index, -1)
 local upto, count, id = parse(oldest)
-while total - upto >= cap do
+while not upto or total - upto >= cap do
   redis.call('RPOP', index)
   oldest = redis.call('LINDEX', index, -1)
   upto, count, id = parse(oldest)
