@@ -257,10 +257,7 @@ async def test_each_event_comes_back_with_its_exact_document(
     for i, task_type in enumerate(odd):
         buffer.put(("background_task_completed", 0.0, f"t{i}", task_type, "high", 2, False,
                     "retrying", "ValueError", 1.5))  # fmt: skip
-    async with anyio.create_task_group() as tg:
-        await tg.start(sink.run)
-        await wait_for(lambda: buffer.sent == len(odd))
-        tg.cancel_scope.cancel()
+    await drain_sink(sink, len(odd))
     documents = stream_events(await redis.xrange(stream))
     assert [d["task_type"] for d in documents] == odd
     assert documents[0] == {

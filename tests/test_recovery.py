@@ -237,23 +237,19 @@ async def test_the_start_gate_and_a_cancel_cannot_both_win(
     # a cancel that came first makes the gate skip the task. Never both.
     from streamworker.cancel import CancelOutcome, TaskCanceller
 
-    keys = Keyspace(settings.prefix)
     producer = Producer.from_settings(settings)
     first, second = await producer.publish_many(
         [TaskSpec(task_type="job", payload={}), TaskSpec(task_type="job", payload={})]
     )
+    # The broker alone, as the reader uses it (a running worker would race us for the batch).
+    keys, broker, family, index = await _broker_on_normal(settings, redis)
     canceller = TaskCanceller(redis, keys, settings.completed_ttl_seconds)
     assert (await canceller.cancel(second)).outcome is CancelOutcome.CANCELLED
-    # The broker alone, as the reader uses it (a running worker would race us for the batch).
-    broker = Broker(redis, keys, settings.group, status=producer.status)
-    await broker.load_scripts()
-    await broker.ensure_groups()
-    stream = keys.family("normal").stream
     at = "2026-01-01T00:00:00.000Z"
     deliveries = await broker.read(
-        settings.consumer, 2, [2], [2], [">"], gate_at=at if gate_in_read else None
+        settings.consumer, 2, [index], [2], [">"], gate_at=at if gate_in_read else None
     )
-    assert [d.entry_id for d in deliveries] == [e for e, _ in await redis.xrange(stream)]
+    assert [d.entry_id for d in deliveries] == [e for e, _ in await redis.xrange(family.stream)]
     # Gated by the read's own script on one Redis, else by begin's.
     assert await broker.begin(deliveries, at) == (0 if gate_in_read else 1)
     assert all(d.gated for d in deliveries)
