@@ -118,43 +118,36 @@ class StatusStore:
                 if value is not None:
                     row += (name, value if isinstance(value, str) else str(value))
             records.append((task_id, row))
-        self._queue_rows(pipe, completed, completions=True)
+        # execute_command: redis-py's cluster pipeline refuses the eval method, not EVAL
+        for keys, ats in self._groups(completed):
+            pipe.execute_command(
+                "EVAL", _COMPLETED_SCRIPT, len(keys), *keys, self._ttl, *(at[0] for at in ats)
+            )
         self._queue_rows(pipe, records)
 
-    def _queue_rows(
-        self,
-        pipe: Any,
-        records: Sequence[tuple[str, list[str | int]]],
-        *,
-        completions: bool = False,
-    ) -> None:
-        """One script call per slot group (just one off a cluster) for ``(task_id, row)``s:
-        MessagePack rows for ``_WRITE_MANY_SCRIPT``, or for ``completions`` each task's
-        ``completed_at`` for ``_COMPLETED_SCRIPT``."""
+    def _queue_rows(self, pipe: Any, records: Sequence[tuple[str, list[str | int]]]) -> None:
+        """One ``_WRITE_MANY_SCRIPT`` call per slot group for ``(task_id, row)``s."""
+        for keys, rows in self._groups(records):  # EVAL as a command: see write_many
+            pipe.execute_command(
+                "EVAL", _WRITE_MANY_SCRIPT, len(keys), *keys, self._ttl, _rows_encoder.encode(rows)
+            )
+
+    def _groups(
+        self, records: Sequence[tuple[str, list[str | int]]]
+    ) -> list[tuple[list[str], list[list[str | int]]]]:
+        """``(task_id, row)``s as (status keys, rows) per slot group: one group off a cluster,
+        one per partition tag the ids carry on one (a script stays in one slot)."""
         if not records:
-            return
-        groups: list[tuple[list[str], list[list[str | int]]]]
+            return []
         if not self._keys.cluster:
-            # One group, and each key is the same prefix and the task id (keyspace.status).
+            # Each key is the same prefix and the task id (keyspace.status).
             prefix = self._keys.status("")
-            groups = [([prefix + task_id for task_id, _ in records], [r for _, r in records])]
-        else:
-            status_key = self._keys.status
-            groups = [
-                ([status_key(records[i][0]) for i in members], [records[i][1] for i in members])
-                for members in self._keys.task_groups([task_id for task_id, _ in records])
-            ]
-        for keys, rows in groups:
-            # execute_command: redis-py's cluster pipeline refuses the eval method, not EVAL
-            if completions:
-                pipe.execute_command(
-                    "EVAL", _COMPLETED_SCRIPT, len(keys), *keys, self._ttl, *(r[0] for r in rows)
-                )
-            else:
-                pipe.execute_command(
-                    "EVAL", _WRITE_MANY_SCRIPT, len(keys), *keys, self._ttl,
-                    _rows_encoder.encode(rows),
-                )  # fmt: skip
+            return [([prefix + task_id for task_id, _ in records], [r for _, r in records])]
+        status_key = self._keys.status
+        return [
+            ([status_key(records[i][0]) for i in members], [records[i][1] for i in members])
+            for members in self._keys.task_groups([task_id for task_id, _ in records])
+        ]
 
     def write_new(
         self,
