@@ -26,6 +26,7 @@ __all__ = [
     "decode_task",
     "derive_task_id",
     "encode_entries",
+    "format_millis",
     "format_time",
     "new_task_ids",
     "pack_fields",
@@ -139,16 +140,23 @@ _last: tuple[int, str] = (-1, "")
 def format_time(ts: float) -> str:
     """RFC 3339 UTC with milliseconds, e.g. ``2025-09-01T12:00:00.000Z``."""
     # Called several times per task on the hot paths: the text of the last millisecond is
-    # kept (many tasks share one under load), and the date part is formatted once a second;
-    # the milliseconds are truncated, as isoformat does.
-    global _second, _last
+    # kept (many tasks share one under load); the milliseconds are truncated, as isoformat
+    # does.
     millis = math.floor(ts * 1000)
+    last = _last
+    return last[1] if last[0] == millis else format_millis(millis)
+
+
+def format_millis(millis: int) -> str:
+    """:func:`format_time` of a time in whole milliseconds since the epoch (exact: no float
+    division on the way)."""
+    global _second, _last
     last = _last
     if last[0] == millis:
         return last[1]
     second, ms = divmod(millis, 1000)
     cached = _second
-    if cached[0] != second:
+    if cached[0] != second:  # the date part is formatted once a second
         cached = _second = (
             second,
             datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S."),

@@ -638,8 +638,7 @@ async def test_cluster_audit_stream_is_appended_and_capped(
         consumer="c",
     )
     for i in range(400):
-        sink.buffer.put(("background_task_started", 0.0, f"t{i}", "noop", "normal", 1,
-                         None, None, None, None))  # fmt: skip
+        sink.buffer.put([f"t{i}", "noop", "normal", 1, 0])
     await sink._drain()
     assert sink.buffer.sent == 400 and sink.retries == 0
     events = stream_events(await cluster_redis.xrange(keys.audit_events))

@@ -2,19 +2,20 @@
 ``background_task_completed`` with task id, type, priority, success and the error *class*
 (never its message: it may hold patient data).
 
-The hook only appends a small tuple to in-memory buffers; nothing on the hot path waits for
-Redis or the network. Background sinks drain the buffers:
+The hook only appends small records to in-memory buffers (one per task run, holding both of
+its events, when there is one sink); nothing on the hot path waits for Redis or the network.
+Background sinks drain the buffers:
 
 - :class:`StreamSink` appends batches to the bounded ``audit_events`` stream, one entry per
-  up to 100 events holding them as a JSON array of rows (``events``, named by ``columns``),
+  up to 100 records holding them as a JSON array of rows (``events``, named by ``columns``),
   one call per batch (:func:`stream_events` turns entries back into documents);
 - :class:`HttpForwarder` (when ``AUDIT_SERVICE_URL`` is set) POSTs batches as a JSON array
   to the Audit Service, retrying with capped exponential backoff while it is unreachable.
 
-A sink sends every 0.2 s, or as soon as a batch's worth of events is buffered. Each buffer is
-bounded (``AUDIT_BUFFER_SIZE``): when a sink falls that far behind, new events are dropped for
-that sink — counted (``streamworker_audit_events_dropped_total``) and logged, never silently,
-and never at the cost of holding up a task.
+A sink sends every 0.2 s, or as soon as a batch's worth of records is buffered. Each buffer is
+bounded (``AUDIT_BUFFER_SIZE`` records): when a sink falls that far behind, new events are
+dropped for that sink — counted (``streamworker_audit_events_dropped_total``) and logged,
+never silently, and never at the cost of holding up a task.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..hooks import Outcome, TaskEnd
-from ..wire import Rejected, Task, format_time
+from ..wire import Rejected, Task, format_millis
 
 __all__ = [
     "AuditBuffer",
@@ -54,11 +55,27 @@ log = logging.getLogger("streamworker.audit")
 STARTED = "background_task_started"
 COMPLETED = "background_task_completed"
 
-# (event_type, at, task_id, task_type, priority, attempt, success, outcome, error_type,
-#  duration_ms) -- a tuple is the cheapest thing to build on the hot path.
-Event = tuple[
-    str, float, str, str | None, str, int, bool | None, str | None, str | None, float | None
-]
+#: A task's audit record, as a row of :data:`COLUMNS` -- a list, the cheapest thing to build
+#: on the hot path and to encode. Three shapes: started only (the first five columns),
+#: completed only (all ten, ``started_ms`` null: a rejected entry, or a run whose start was
+#: already sent), and both events of one run (all ten): see :class:`AuditHook`.
+Record = list[Any]
+
+#: The stream's column names; times are milliseconds since the epoch.
+COLUMNS = (
+    "task_id",
+    "task_type",
+    "priority",
+    "attempt",
+    "started_ms",
+    "completed_ms",
+    "success",
+    "outcome",
+    "error_type",
+    "duration_ms",
+)
+_COLUMNS_JSON = msgspec.json.encode(COLUMNS)
+_STARTED_ONLY = 5  # a started-only record's length
 
 _json = msgspec.json.Encoder()
 _COMPLETED = Outcome.COMPLETED
@@ -83,69 +100,60 @@ class _CompletedDocument(_StartedDocument):
     duration_ms: float | None
 
 
-#: The stream's column names: a started event's row has the first six, a completed one's all.
-COLUMNS = (
-    "event_type",
-    "timestamp",
-    "task_id",
-    "task_type",
-    "priority",
-    "attempt",
-    "success",
-    "outcome",
-    "error_type",
-    "duration_ms",
-)
-_COLUMNS_JSON = _json.encode(COLUMNS)
+def record_events(record: Sequence[Any]) -> int:
+    """How many events a record holds (two when it is both of one run's)."""
+    return 2 if len(record) > _STARTED_ONLY and record[4] is not None else 1
 
 
-def event_row(event: Event) -> tuple[Any, ...]:
-    """The event as a row of :data:`COLUMNS` (the stream's form: half the bytes of a
-    document, the keys and the sink's service and consumer written once per entry)."""
-    if event[0] == COMPLETED:
-        return (event[0], format_time(event[1]), *event[2:])
-    return (event[0], format_time(event[1]), *event[2:6])
-
-
-def event_document(event: Event, service: str, consumer: str) -> _StartedDocument:
-    """The event's JSON document (a Struct: encodes faster than the equivalent dict)."""
-    kind, at, task_id, task_type, priority, attempt, success, outcome, error_type, ms = event
-    if kind == COMPLETED:
-        return _CompletedDocument(
-            kind, format_time(at), service, consumer, task_id, task_type, priority, attempt,
-            success, outcome, error_type, ms,
-        )  # fmt: skip
-    return _StartedDocument(
-        kind, format_time(at), service, consumer, task_id, task_type, priority, attempt
-    )
+def record_documents(record: Sequence[Any], service: str, consumer: str) -> list[Any]:
+    """The record's events as the Audit Service's JSON documents (Structs: they encode
+    faster than the equivalent dicts)."""
+    task_id, task_type, priority, attempt, started_ms = record[:_STARTED_ONLY]
+    head = (service, consumer, task_id, task_type, priority, attempt)
+    documents: list[Any] = []
+    if started_ms is not None:
+        documents.append(_StartedDocument(STARTED, format_millis(started_ms), *head))
+    if len(record) > _STARTED_ONLY:
+        completed_ms, *end = record[_STARTED_ONLY:]
+        documents.append(_CompletedDocument(COMPLETED, format_millis(completed_ms), *head, *end))
+    return documents
 
 
 class AuditBuffer:
-    """A bounded FIFO for one sink; counts what it had to drop."""
+    """A bounded FIFO of records for one sink; counts the events it sent and had to drop."""
 
     def __init__(self, name: str, capacity: int) -> None:
         self.name = name
         self.capacity = capacity
-        self.items: deque[Event] = deque()
+        self.items: deque[Record] = deque()
         self.dropped = 0
         self.sent = 0
         self._reported_drops = 0
-        #: A sink waiting in :meth:`wait` is woken once this many events are buffered.
+        #: A sink waiting in :meth:`wait` is woken once this many records are buffered.
         self.wake_at = capacity
         self._wake: anyio.Event | None = None
+        # Positions since the start: of the next record put, of the oldest still held, and
+        # of the first one no sink batch has taken yet (records before it are being sent, or
+        # were, and must not change any more).
+        self.appended = 0
+        self._removed = 0
+        self.untaken = 0
 
-    def put(self, event: Event) -> None:
+    def put(self, record: Record) -> bool:
+        """Buffer ``record`` (at position :attr:`appended`); False when full (dropped)."""
         items = self.items
         if len(items) >= self.capacity:
             self.dropped += 1
-            return
-        items.append(event)
+            return False
+        items.append(record)
+        self.appended += 1
         if self._wake is not None and len(items) >= self.wake_at:
             self._wake.set()
             self._wake = None
+        return True
 
     async def wait(self, seconds: float) -> None:
-        """Until ``wake_at`` events are buffered, or ``seconds`` have passed."""
+        """Until ``wake_at`` records are buffered, or ``seconds`` have passed."""
         if len(self.items) >= self.wake_at:
             await anyio.lowlevel.checkpoint()
             return
@@ -154,16 +162,24 @@ class AuditBuffer:
             await wake.wait()
         self._wake = None
 
-    def peek(self, n: int) -> list[Event]:
-        return list(islice(self.items, n))
+    def take(self, n: int) -> list[Record]:
+        """The oldest ``n`` records for a batch (still held until :meth:`done`); from now on
+        they are not to change."""
+        batch = list(islice(self.items, n))
+        self.untaken = max(self.untaken, self._removed + len(batch))
+        return batch
 
     def done(self, n: int, *, sent: bool = True) -> None:
+        """Let go of the oldest ``n`` records, counting their events as sent or dropped."""
+        popleft = self.items.popleft
+        events = 0
         for _ in range(n):
-            self.items.popleft()
+            events += record_events(popleft())
+        self._removed += n
         if sent:
-            self.sent += n
+            self.sent += events
         else:
-            self.dropped += n
+            self.dropped += events
 
     def report_drops(self) -> None:
         """One warning per flush round in which events were dropped (not one per event)."""
@@ -180,65 +196,71 @@ class AuditBuffer:
 
 
 class AuditHook:
-    """Appends the started/completed events of every task to each sink's buffer."""
+    """Records the started and completed events of every task in each sink's buffer.
+
+    With one sink (the usual case) a run's two events share one record: ``before`` buffers
+    the started record, and ``after`` completes that same record in place unless the sink
+    has taken it for a batch meanwhile (a long task), when the completion is a record of its
+    own. Half the records, and each event's task fields written once: the stream sink's
+    cost, and the bytes it sends, are mostly per record. With several sinks, whose batches
+    are taken at different times, each event is a record of its own."""
 
     def __init__(self, buffers: Sequence[AuditBuffer]) -> None:
         self._puts = tuple(buffer.put for buffer in buffers)
-        # Twice a task: with one sink (the usual case), straight to its buffer.
-        self._emit = self._puts[0] if len(self._puts) == 1 else self._emit_all
+        self._only = buffers[0] if len(buffers) == 1 else None
 
-    def _emit_all(self, event: Event) -> None:
+    def _emit(self, record: Record) -> None:
         for put in self._puts:
-            put(event)
+            put(record)
 
-    def before(self, task: Task, started_at: float, enqueued_at: float) -> None:
-        self._emit(
-            (
-                STARTED,
-                started_at,
-                task.task_id,
-                task.task_type,
-                task.priority,
-                task.retry_count + 1,
-                None,
-                None,
-                None,
-                None,
-            )
-        )
+    def before(self, task: Task, started_at: float, enqueued_at: float) -> Any:
+        record = [
+            task.task_id,
+            task.task_type,
+            task.priority,
+            task.retry_count + 1,
+            int(started_at * 1000),  # truncated, as format_time does
+        ]
+        only = self._only
+        if only is None:
+            self._emit(record)
+            return None
+        position = only.appended
+        return (record, position) if only.put(record) else None
 
     def after(self, task: Task, token: Any, end: TaskEnd) -> None:
         error = end.error
+        completion = (
+            int(time.time() * 1000),
+            end.outcome is _COMPLETED,
+            end.outcome,  # a StrEnum: encodes as its value, without the .value lookup
+            type(error).__name__ if error is not None else None,
+            round(end.duration * 1000, 3),
+        )
+        if token is not None:
+            record, position = token
+            if position >= self._only.untaken:  # type: ignore[union-attr]  # a token: one sink
+                record += completion
+                return
         self._emit(
-            (
-                COMPLETED,
-                time.time(),
-                task.task_id,
-                task.task_type,
-                task.priority,
-                task.retry_count + 1,
-                end.outcome is _COMPLETED,
-                end.outcome,  # a StrEnum: encodes as its value, without the .value lookup
-                type(error).__name__ if error is not None else None,
-                round(end.duration * 1000, 3),
-            )
+            [task.task_id, task.task_type, task.priority, task.retry_count + 1, None, *completion]
         )
 
     def rejected(self, rejected: Rejected, priority: str) -> None:
         # Never started: one completed event saying why it was refused.
         self._emit(
-            (
-                COMPLETED,
-                time.time(),
+            [
                 rejected.task_id or "unknown",
                 rejected.task_type,
                 priority,
                 0,
+                None,
+                int(time.time() * 1000),
                 False,
                 Outcome.DEAD_LETTERED.value,
                 rejected.reason,
                 None,
-            )
+            ]
         )
 
 
@@ -272,7 +294,7 @@ class _Sink:
         # than let the buffer fill up (at 30,000 tasks/s, 12,000 events come in 0.2 s).
         buffer.wake_at = max(1, min(batch_size, buffer.capacity // 2))
 
-    async def _send(self, batch: list[Event]) -> bool:
+    async def _send(self, batch: list[Record]) -> bool:
         """Deliver a batch: True when done, False to drop it for good (not retryable).
         Raises for a transient failure."""
         raise NotImplementedError
@@ -298,7 +320,7 @@ class _Sink:
         delay = self._first_backoff
         failures = 0
         while self.buffer.items:
-            batch = self.buffer.peek(self._batch_size)
+            batch = self.buffer.take(self._batch_size)
             try:
                 delivered = await self._send(batch)
             except Exception as exc:
@@ -330,15 +352,16 @@ class _Sink:
 
 class StreamSink(_Sink):
     """Appends batches to the bounded audit stream: one entry per up to :attr:`per_entry`
-    events, whose ``events`` field is their JSON array of rows (see :func:`event_row`; the
-    entry's ``columns``, ``service`` and ``consumer`` hold the rest of each document,
-    ``count`` how many events, ``total`` how many the stream had taken in all), written by
+    records, whose ``events`` field is their JSON array (the records are the rows, see
+    :data:`Record`; the entry's ``columns``, ``service`` and ``consumer`` hold the rest of
+    each document, ``count`` how many events, ``total`` how many the stream had taken in
+    all), written by
     one script call per batch. The cap (``AUDIT_STREAM_MAXLEN``) counts events, not entries;
     a small list beside the stream (``index``, by default the stream's name + ``:index``)
     keeps each entry's count and running total for the trimming. See ``audit_append.lua``."""
 
     name = "stream"
-    #: Events per stream entry: a few tens of kilobytes, small enough to read a page at a time.
+    #: Records per stream entry: about ten kilobytes, small enough to read a page at a time.
     per_entry = 100
 
     def __init__(
@@ -357,21 +380,22 @@ class StreamSink(_Sink):
         source = (resources.files("streamworker") / "scripts" / "audit_append.lua").read_text()
         self._append = redis.register_script(source)  # reloads itself after NOSCRIPT
 
-    async def _send(self, batch: list[Event]) -> bool:
+    async def _send(self, batch: list[Record]) -> bool:
         args: list[bytes | str | int] = [self._maxlen, self._service, self._consumer, _COLUMNS_JSON]
         step = self.per_entry
         for start in range(0, len(batch), step):
             chunk = batch[start : start + step]
-            args.append(len(chunk))
-            args.append(_json.encode([event_row(e) for e in chunk]))
+            args.append(sum(map(record_events, chunk)))
+            args.append(_json.encode(chunk))  # the records are the rows
         await self._append(keys=self._keys, args=args)
         return True
 
 
 def stream_events(entries: Iterable[tuple[Any, dict[bytes, bytes]]]) -> list[dict[str, Any]]:
     """The events of audit stream entries (as ``XRANGE`` returns them), oldest first, as the
-    same documents the Audit Service gets. Entries written before events were batched (one
-    document each, field ``event``) are read too."""
+    same documents the Audit Service gets (a record's two events one after the other).
+    Entries of the two earlier formats are read too: one document per entry (field
+    ``event``), and one row per event (``columns`` starting with ``event_type``)."""
     events: list[dict[str, Any]] = []
     for _, fields in entries:
         rows = fields.get(b"events")
@@ -380,11 +404,19 @@ def stream_events(entries: Iterable[tuple[Any, dict[bytes, bytes]]]) -> list[dic
                 events.append(msgspec.json.decode(fields[b"event"]))
             continue
         columns = msgspec.json.decode(fields[b"columns"])
-        origin = {"service": fields[b"service"].decode(), "consumer": fields[b"consumer"].decode()}
-        for row in msgspec.json.decode(rows):
-            document = dict(zip(columns, row, strict=False))
-            document.update(origin)
-            events.append(document)
+        service, consumer = fields[b"service"].decode(), fields[b"consumer"].decode()
+        if columns[0] == "event_type":
+            origin = {"service": service, "consumer": consumer}
+            for row in msgspec.json.decode(rows):
+                document = dict(zip(columns, row, strict=False))
+                document.update(origin)
+                events.append(document)
+            continue
+        for record in msgspec.json.decode(rows):
+            events.extend(
+                msgspec.structs.asdict(document)
+                for document in record_documents(record, service, consumer)
+            )
     return events
 
 
@@ -416,8 +448,9 @@ class HttpForwarder(_Sink):
         async with self._client:
             await super().run(task_status=task_status)
 
-    async def _send(self, batch: list[Event]) -> bool:
-        body = _json.encode([event_document(e, self._service, self._consumer) for e in batch])
+    async def _send(self, batch: list[Record]) -> bool:
+        origin = (self._service, self._consumer)
+        body = _json.encode([doc for record in batch for doc in record_documents(record, *origin)])
         response = await self._client.post(self._url, content=body)
         status = response.status_code
         if status < 300:
@@ -425,7 +458,8 @@ class HttpForwarder(_Sink):
         if status in (408, 425, 429) or status >= 500:
             raise _Transient(f"HTTP {status}")
         # A refusal that will not change by retrying (bad request, auth): drop, loudly.
-        log.error("audit_batch_refused", extra={"status_code": status, "events": len(batch)})
+        events = sum(map(record_events, batch))
+        log.error("audit_batch_refused", extra={"status_code": status, "events": events})
         return False
 
 
