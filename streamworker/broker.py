@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .connection import read_replies, use_hiredis_packing
+from .connection import KeptConnection, read_replies, use_hiredis_packing
 from .keyspace import Keyspace, StreamFamily
 from .status import StatusStore
 from .wire import MAX_FIELDS, Delivery, Fields, pack_fields, parse_time
@@ -203,7 +203,7 @@ class Broker:
         # A connection send_in_order keeps between calls instead of giving it back to the
         # pool: taking one from redis-py's pool and giving it back costs about 10 us of CPU,
         # once a batch on the worker's hot path. One that failed is never kept.
-        self._kept: list[Any] = []
+        self._connection = KeptConnection(redis)
         self.dead_letters_trimmed = 0  # total entries the cap has dropped (for metrics)
         self._trimmed_unlogged = 0
         self._trimmed_logged_at = -_TRIMMED_EVERY
@@ -703,9 +703,7 @@ class Broker:
     async def _send_in_order(
         self, chunks: Iterable[Sequence[Sequence[Any]]], sent: list[Sequence[Sequence[Any]]]
     ) -> list[Any]:
-        pool = self.redis.connection_pool
-        kept = self._kept
-        conn = kept.pop() if kept else await pool.get_connection()  # type: ignore[no-untyped-call]
+        conn = await self._connection.take()
         done = False
         try:
             count = 0
@@ -717,14 +715,8 @@ class Broker:
             replies = await read_replies(conn, count)
             done = True
             return replies
-        except BaseException:
-            await conn.disconnect()
-            raise
         finally:
-            if done and not kept:
-                kept.append(conn)
-            else:
-                await pool.release(conn)
+            await self._connection.give_back(conn, ok=done)
 
     async def run_pipeline(self, build: Callable[[Any], None]) -> list[Any]:
         """Send a pipeline built by ``build`` (which may queue scripts), raising its first error."""

@@ -189,14 +189,14 @@ async def test_the_broker_keeps_one_connection_and_a_failed_one_goes_back_closed
     broker = Broker(client, keys, "g", status=StatusStore(keys, 60))
     try:
         assert await broker.send_in_order([[("PING",)]]) in ([True], [b"PONG"])
-        (first,) = broker._kept
+        (first,) = broker._connection._kept
         await broker.send_in_order([[("PING",)]])
-        assert broker._kept == [first]  # taken and kept again, not from the pool
+        assert broker._connection._kept == [first]  # taken and kept again, not from the pool
         await redis.client_kill_filter(skipme=True)  # the server drops it
         assert await broker.send_in_order([[("SET", "sw-test:k", "v")]]) == [b"OK"]  # raw
         # The failed connection went back to the pool, closed; the resend took one from the
         # pool (redis-py may hand back the same object, connected afresh) and kept it.
-        (second,) = broker._kept
+        (second,) = broker._connection._kept
         assert second.is_connected
         assert await redis.get("sw-test:k") == b"v"
     finally:

@@ -37,7 +37,10 @@ import msgspec
 import redis.asyncio as aioredis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
+from ..connection import KeptConnection
 from ..hooks import Outcome, TaskEnd
 from ..wire import Rejected, Task, format_millis
 
@@ -379,6 +382,8 @@ class StreamSink(_Sink):
         self._maxlen = maxlen
         source = (resources.files("streamworker") / "scripts" / "audit_append.lua").read_text()
         self._append = redis.register_script(source)  # reloads itself after NOSCRIPT
+        # Off a cluster, straight onto a kept connection: see KeptConnection.
+        self._direct = None if isinstance(redis, RedisCluster) else KeptConnection(redis)
 
     async def _send(self, batch: list[Record]) -> bool:
         args: list[bytes | str | int] = [self._maxlen, self._service, self._consumer, _COLUMNS_JSON]
@@ -387,8 +392,24 @@ class StreamSink(_Sink):
             chunk = batch[start : start + step]
             args.append(sum(map(record_events, chunk)))
             args.append(_json.encode(chunk))  # the records are the rows
-        await self._append(keys=self._keys, args=args)
+        if self._direct is not None:
+            reply = await self._direct.call("EVALSHA", self._append.sha, 2, *self._keys, *args)
+            if not isinstance(reply, NoScriptError):
+                if isinstance(reply, Exception):
+                    raise reply
+                return True
+        await self._append(keys=self._keys, args=args)  # also loads the script (NOSCRIPT)
         return True
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            await super().run(task_status=task_status)
+        finally:
+            if self._direct is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._direct.aclose()
 
 
 def stream_events(entries: Iterable[tuple[Any, dict[bytes, bytes]]]) -> list[dict[str, Any]]:
