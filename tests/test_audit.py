@@ -278,6 +278,31 @@ async def test_entries_of_the_older_format_are_read_and_go_once_the_cap_is_reach
     assert not any(e["task_id"].startswith("old") for e in events)
 
 
+async def test_the_stream_sink_survives_lost_scripts_and_a_dropped_connection(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # The sink keeps its connection between calls and calls the script by its SHA: after a
+    # SCRIPT FLUSH it loads it again, after its connection is dropped it retries on a new one.
+    stream = Keyspace(settings.prefix).audit_events
+    buffer = AuditBuffer("stream", 1000)
+    sink = StreamSink(buffer, redis, stream, 10_000, service="s", consumer="c", first_backoff=0.01)
+    for i in range(10):
+        buffer.put(started(f"a{i}"))
+    await sink._drain()
+    await redis.script_flush()
+    for i in range(10):
+        buffer.put(started(f"b{i}"))
+    await sink._drain()
+    assert sink.retries == 0
+    await redis.client_kill_filter(_type="normal", skipme=True)  # the sink's kept connection
+    for i in range(10):
+        buffer.put(started(f"c{i}"))
+    await sink._drain()
+    events = stream_events(await redis.xrange(stream))
+    assert [e["task_id"] for e in events] == [f"{x}{i}" for x in "abc" for i in range(10)]
+    assert buffer.sent == 30 and buffer.dropped == 0 and sink.retries == 1
+
+
 async def test_a_foreign_item_in_the_index_does_not_stop_the_audit_stream(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
