@@ -57,7 +57,13 @@ class _HiredisPacking(AbstractConnection):
         # As redis-py's own, except for when the write is put under ``wait_for``.
         if not self.is_connected:
             await self.connect_check_health(check_health=False)
-        if check_health:
+        if (
+            check_health
+            and self.health_check_interval
+            and asyncio.get_running_loop().time() > self.next_health_check
+        ):
+            # redis-py's check_health, whose test is inlined: a coroutine made and awaited
+            # once a send only to find the connection was used a moment ago.
             await self.check_health()  # type: ignore[no-untyped-call]
         if isinstance(command, str):
             command = command.encode()
