@@ -358,10 +358,10 @@ class StreamSink(_Sink):
     records, whose ``events`` field is their JSON array (the records are the rows, see
     :data:`Record`; the entry's ``columns``, ``service`` and ``consumer`` hold the rest of
     each document, ``count`` how many events, ``total`` how many the stream had taken in
-    all), written by
-    one script call per batch. The cap (``AUDIT_STREAM_MAXLEN``) counts events, not entries;
-    a small list beside the stream (``index``, by default the stream's name + ``:index``)
-    keeps each entry's count and running total for the trimming. See ``audit_append.lua``."""
+    all), written by one script call per batch. The cap (``AUDIT_STREAM_MAXLEN``) counts
+    events, not entries; a small list beside the stream (``index``, by default the stream's
+    name + ``:index``) keeps each entry's count and running total for the trimming. See
+    ``audit_append.lua``."""
 
     name = "stream"
     #: Records per stream entry: about ten kilobytes, small enough to read a page at a time.

@@ -1,8 +1,9 @@
 -- audit_append: append batches of audit events to the bounded audit stream in one call.
 -- One entry holds a batch of one worker's events: `events` is a JSON array of rows (oldest
--- first) whose values `columns` names (a started event's row is shorter: it stops after
--- `attempt`), `service` and `consumer` say whose they are, `count` how many there are and
--- `total` how many events the stream had taken in all once it was added. An entry per event
+-- first) whose values `columns` names (a row is a task run's started event, its completed
+-- event, or both: see Record in audit.py), `service` and `consumer` say whose they are,
+-- `count` how many events there are and `total` how many events the stream had taken in all
+-- once it was added. An entry per event
 -- cost Redis several times as much per event (an XADD each), and documents with their keys
 -- twice the bytes.
 -- KEYS:  audit stream, its index (a list, newest first, of "<total> <count> <entry id>")
