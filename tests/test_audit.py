@@ -233,6 +233,34 @@ async def test_a_full_batch_is_sent_without_waiting_for_the_interval(
     assert buffer.dropped == 0
 
 
+async def test_under_load_the_sink_sends_full_batches(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # Records keep coming while a batch is on its way: they wait for the next full batch
+    # (sending whatever had come each time made batches of a few dozen records, a call each).
+    stream = Keyspace(settings.prefix).audit_events
+    buffer = AuditBuffer("stream", 10_000)
+    sink = StreamSink(buffer, redis, stream, 100_000, service="s", consumer="c", interval=600)
+    sizes: list[int] = []
+    send = sink._send
+
+    async def counting(batch: list[Any]) -> bool:
+        sizes.append(len(batch))
+        return await send(batch)
+
+    sink._send = counting  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        await tg.start(sink.run)
+        for i in range(3000):
+            buffer.put(started(f"t{i}"))
+            if i % 30 == 29:
+                await anyio.sleep(0)
+        await wait_for(lambda: buffer.sent == 3000)
+        tg.cancel_scope.cancel()
+    assert sizes == [500] * 6
+    assert len(stream_events(await redis.xrange(stream))) == 3000
+
+
 async def test_sinks_sharing_the_audit_stream_keep_one_count(
     settings: Settings, redis: aioredis.Redis
 ) -> None:

@@ -155,15 +155,16 @@ class AuditBuffer:
             self._wake = None
         return True
 
-    async def wait(self, seconds: float) -> None:
-        """Until ``wake_at`` records are buffered, or ``seconds`` have passed."""
+    async def wait(self, seconds: float) -> bool:
+        """Until ``wake_at`` records are buffered (True), or ``seconds`` have passed (False)."""
         if len(self.items) >= self.wake_at:
             await anyio.lowlevel.checkpoint()
-            return
+            return True
         self._wake = wake = anyio.Event()
         with anyio.move_on_after(seconds):
             await wake.wait()
         self._wake = None
+        return len(self.items) >= self.wake_at
 
     def take(self, n: int) -> list[Record]:
         """The oldest ``n`` records for a batch (still held until :meth:`done`); from now on
@@ -308,8 +309,11 @@ class _Sink:
         task_status.started()
         try:
             while True:
-                await self.buffer.wait(self._interval)
-                await self._drain()
+                # Woken by a full batch, only full batches go: what comes in while one is on
+                # its way waits for the next (sending whatever had come each time made
+                # batches of a few dozen records under load, each a call of its own).
+                full = await self.buffer.wait(self._interval)
+                await self._drain(full_only=full)
         finally:
             # Stopping: one last, bounded attempt to deliver what is buffered.
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._drain_timeout):
@@ -319,11 +323,15 @@ class _Sink:
                 self.buffer.done(left, sent=False)
             self.buffer.report_drops()
 
-    async def _drain(self, *, retry: bool = True) -> None:
+    async def _drain(self, *, retry: bool = True, full_only: bool = False) -> None:
+        """Send what is buffered now, in batches (what comes in meanwhile waits for the next
+        round); with ``full_only``, only while at least a batch's worth (``wake_at``) is."""
         delay = self._first_backoff
         failures = 0
-        while self.buffer.items:
-            batch = self.buffer.take(self._batch_size)
+        items = self.buffer.items
+        left = len(items)
+        while (len(items) >= self.buffer.wake_at) if full_only else left > 0:
+            batch = self.buffer.take(self._batch_size if full_only else min(self._batch_size, left))
             try:
                 delivered = await self._send(batch)
             except Exception as exc:
@@ -350,6 +358,7 @@ class _Sink:
                 failures = 0
                 delay = self._first_backoff
             self.buffer.done(len(batch), sent=delivered)
+            left -= len(batch)
         self.buffer.report_drops()
 
 
