@@ -188,6 +188,16 @@ def test_with_two_sinks_each_event_is_a_record() -> None:
         assert buffer.items[1][4] is None
 
 
+def stream_sink(
+    settings: Settings, redis: aioredis.Redis, cap: int, **kw: Any
+) -> tuple[str, StreamSink]:
+    """The audit stream's name, and a sink for it with a buffer of 10,000 records."""
+    stream = Keyspace(settings.prefix).audit_events
+    return stream, StreamSink(
+        AuditBuffer("stream", 10_000), redis, stream, cap, service="s", consumer="c", **kw
+    )
+
+
 async def drain_sink(sink: StreamSink, events: int) -> None:
     async with anyio.create_task_group() as tg:
         await tg.start(sink.run)
@@ -221,9 +231,8 @@ async def test_under_load_the_sink_sends_full_batches(
     # sink (it would otherwise sleep the whole interval, here far longer than the test), and
     # records that come while a batch is on its way wait for the next full one (sending
     # whatever had come each time made batches of a few dozen records, a call each).
-    stream = Keyspace(settings.prefix).audit_events
-    buffer = AuditBuffer("stream", 10_000)
-    sink = StreamSink(buffer, redis, stream, 100_000, service="s", consumer="c", interval=600)
+    stream, sink = stream_sink(settings, redis, 100_000, interval=600)
+    buffer = sink.buffer
     sizes: list[int] = []
     send = sink._send
 
@@ -294,9 +303,8 @@ async def test_the_stream_sink_survives_lost_scripts_and_a_dropped_connection(
 ) -> None:
     # The sink keeps its connection between calls and calls the script by its SHA: after a
     # SCRIPT FLUSH it loads it again, after its connection is dropped it retries on a new one.
-    stream = Keyspace(settings.prefix).audit_events
-    buffer = AuditBuffer("stream", 1000)
-    sink = StreamSink(buffer, redis, stream, 10_000, service="s", consumer="c", first_backoff=0.01)
+    stream, sink = stream_sink(settings, redis, 10_000, first_backoff=0.01)
+    buffer = sink.buffer
     for i in range(10):
         buffer.put(started(f"a{i}"))
     await sink._drain()
@@ -344,26 +352,14 @@ async def test_each_event_comes_back_with_its_exact_document(
     await drain_sink(sink, len(odd) + 2)
     documents = stream_events(await redis.xrange(stream))
     assert [d["task_type"] for d in documents[:-2]] == odd
+    run = {"service": "s", "consumer": "c", "task_id": "both", "task_type": "noop"}
+    run |= {"priority": "normal", "attempt": 1}
     assert documents[-2:] == [
-        {
-            "event_type": "background_task_started",
-            "timestamp": "2025-11-24T16:00:00.123Z",
-            "service": "s",
-            "consumer": "c",
-            "task_id": "both",
-            "task_type": "noop",
-            "priority": "normal",
-            "attempt": 1,
-        },
+        {"event_type": "background_task_started", "timestamp": "2025-11-24T16:00:00.123Z", **run},
         {
             "event_type": "background_task_completed",
             "timestamp": "2025-11-24T16:00:00.456Z",
-            "service": "s",
-            "consumer": "c",
-            "task_id": "both",
-            "task_type": "noop",
-            "priority": "normal",
-            "attempt": 1,
+            **run,
             "success": True,
             "outcome": "completed",
             "error_type": None,
