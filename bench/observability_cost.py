@@ -173,7 +173,8 @@ async def hook_cost(redis_url: str, otlp: str, config: dict[str, Any], n: int) -
     cost = (_cpu() - before) / n * 1e6
     async with obs.running():
         pass
-    await redis.delete(f"{settings.prefix}audit_events", f"{settings.prefix}audit_events:index")
+    keys = settings.keyspace()
+    await redis.delete(keys.audit_events, keys.audit_index)
     await redis.aclose()
     return cost
 

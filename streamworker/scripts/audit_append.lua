@@ -3,9 +3,8 @@
 -- first) whose values `columns` names (a row is a task run's started event, its completed
 -- event, or both: see Record in audit.py), `service` and `consumer` say whose they are,
 -- `count` how many events there are and `total` how many events the stream had taken in all
--- once it was added. An entry per event
--- cost Redis several times as much per event (an XADD each), and documents with their keys
--- twice the bytes.
+-- once it was added. An entry per event cost Redis several times as much per event (an XADD
+-- each), and documents with their keys twice the bytes.
 -- KEYS:  audit stream, its index (a list, newest first, of "<total> <count> <entry id>")
 -- ARGV:  approximate cap in events, service, consumer, columns (JSON), then per entry: its
 --        event count, its JSON array of rows
