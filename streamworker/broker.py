@@ -164,16 +164,25 @@ class CommandList(list[tuple[Any, ...]]):
 
 
 class Settlement:
-    """Acknowledgements and status writes to send in the same round trip as a read
-    (:meth:`Broker.read`'s ``settle``). ``done`` tells whether Redis took all of them."""
+    """Acknowledgements and status writes to send together (:meth:`Broker.settle`, or in the
+    same round trip as a read: :meth:`Broker.read`'s ``settle``): entry ids per family,
+    general status writes, and the tasks that completed, which share one ``completed_at``.
+    ``done`` tells whether Redis took all of them."""
 
-    __slots__ = ("acks", "done", "items", "writes")
+    __slots__ = ("acks", "completed", "completed_at", "done", "items", "writes")
 
     def __init__(
-        self, acks: Mapping[int, Sequence[bytes]], writes: Sequence[StatusWrite], items: Any
+        self,
+        acks: Mapping[int, Sequence[bytes]],
+        writes: Sequence[StatusWrite] = (),
+        completed: Sequence[str] = (),
+        completed_at: str = "",
+        items: Any = None,
     ) -> None:
         self.acks = acks
         self.writes = writes
+        self.completed = completed
+        self.completed_at = completed_at
         self.items = items  # what the sender gives back if not done
         self.done = False
 
@@ -314,7 +323,7 @@ class Broker:
         if not self._sha:
             await self.load_scripts()
         commands = CommandList()
-        self._settle_commands(commands, settle.acks, settle.writes)
+        self._settle_commands(commands, settle)
         first = len(commands)
         commands.execute_command("EVALSHA", self._sha["read_batch"], len(keys), *keys, *args)
         replies = await self.send_in_order([commands], raise_errors=False)
@@ -486,9 +495,7 @@ class Broker:
 
     # -- settling -------------------------------------------------------------------------
 
-    async def settle(
-        self, acks: Mapping[int, Sequence[bytes]], writes: Iterable[StatusWrite] = ()
-    ) -> None:
+    async def settle(self, settlement: Settlement) -> None:
         """Acknowledge and delete finished entries, and write their statuses: one round trip.
 
         One script call per stream acknowledges and removes (ack_delete.lua): removing right
@@ -497,7 +504,7 @@ class Broker:
         """
 
         if self.keys.cluster:
-            await self._run_pipeline(lambda pipe: self._settle_commands(pipe, acks, writes))
+            await self._run_pipeline(lambda pipe: self._settle_commands(pipe, settlement))
             return
         # Off a cluster, straight onto one connection (send_in_order) rather than through a
         # redis-py Pipeline object, which cost a quarter of the batch's client CPU here
@@ -506,7 +513,7 @@ class Broker:
         if not self._sha:
             await self.load_scripts()
         commands = CommandList()
-        self._settle_commands(commands, acks, writes)
+        self._settle_commands(commands, settlement)
         if not commands:
             return
         try:
@@ -515,14 +522,14 @@ class Broker:
             await self.load_scripts()
             await self.send_in_order([commands])
 
-    def _settle_commands(
-        self, pipe: Any, acks: Mapping[int, Sequence[bytes]], writes: Iterable[StatusWrite]
-    ) -> None:
-        for index, ids in acks.items():
+    def _settle_commands(self, pipe: Any, settlement: Settlement) -> None:
+        for index, ids in settlement.acks.items():
             if ids:
                 stream = self.families[index].stream
                 self._evalsha(pipe, "ack_delete", [stream], [self.group, *ids])
-        self.status.write_many(pipe, writes)  # one script call, one reply, for the batch
+        # one script call each, one reply each, for the batch
+        self.status.write_completed(pipe, settlement.completed, settlement.completed_at)
+        self.status.write_many(pipe, settlement.writes)
 
     async def retry(
         self,

@@ -40,14 +40,15 @@ for i = 1, #KEYS do
 end
 return #KEYS
 """
-# The common write, a task that completed, without a row per task: the hash holds everything
+# The common write, tasks that completed, without a row per task: each hash holds everything
 # else already (its first write set task_id, and a non-terminal state has no TTL to keep), so
-# only status and completed_at change. Plain arguments cost Redis about a third less per task
-# than a MessagePack row. KEYS: status hashes. ARGV[1]: ttl (s), then each key's completed_at.
+# only status and completed_at change, and a batch's completions share one completed_at (the
+# time the batch was put together, as a batch's reads share one started_at).
+# KEYS: status hashes. ARGV[1]: ttl (s), ARGV[2]: completed_at.
 _COMPLETED_SCRIPT = """
-local ttl = ARGV[1]
+local ttl, at = ARGV[1], ARGV[2]
 for i = 1, #KEYS do
-  redis.call('HSET', KEYS[i], 'status', 'completed', 'completed_at', ARGV[i + 1])
+  redis.call('HSET', KEYS[i], 'status', 'completed', 'completed_at', at)
   redis.call('EXPIRE', KEYS[i], ttl)
 end
 return #KEYS
@@ -92,23 +93,13 @@ class StatusStore:
     def write_many(
         self, pipe: Any, writes: Iterable[tuple[str, str, Mapping[str, str | int | None]]]
     ) -> None:
-        """Queue many ``(task_id, state, fields)`` writes on ``pipe``: one script call for
-        the completions that carry only ``completed_at`` (the common case), one for the rest.
-
-        Leaves the same hashes and expiries as calling :meth:`write` for each, except that
-        a completion does not write ``task_id`` again (its hash has it). The two calls run
-        completions first: give at most one write per task (the acker merges a task's).
-        """
+        """Queue many ``(task_id, state, fields)`` writes on ``pipe`` as one script call:
+        the same hashes and expiries as calling :meth:`write` for each. Give at most one
+        write per task."""
         if not self.enabled:
             return
         records: list[tuple[str, list[str | int]]] = []
-        completed: list[tuple[str, list[str | int]]] = []
         for task_id, state, fields in writes:
-            if state == "completed" and len(fields) == 1:
-                at = fields.get("completed_at")
-                if isinstance(at, str):
-                    completed.append((task_id, [at]))
-                    continue
             row: list[str | int] = [
                 1 if state in TERMINAL_STATES else 0,
                 "status", state,
@@ -118,12 +109,19 @@ class StatusStore:
                 if value is not None:
                     row += (name, value if isinstance(value, str) else str(value))
             records.append((task_id, row))
-        # execute_command: redis-py's cluster pipeline refuses the eval method, not EVAL
-        for keys, ats in self._groups(completed):
-            pipe.execute_command(
-                "EVAL", _COMPLETED_SCRIPT, len(keys), *keys, self._ttl, *(at[0] for at in ats)
-            )
         self._queue_rows(pipe, records)
+
+    def write_completed(self, pipe: Any, task_ids: Sequence[str], completed_at: str) -> None:
+        """Queue ``completed`` (at ``completed_at``) for tasks whose hashes their earlier
+        writes made: one script call for them all (per partition on a cluster). Leaves what
+        :meth:`write` would, except that ``task_id`` is not written again."""
+        if not (self.enabled and task_ids):
+            return
+        for keys, _ in self._key_groups(task_ids):
+            # execute_command: redis-py's cluster pipeline refuses the eval method, not EVAL
+            pipe.execute_command(
+                "EVAL", _COMPLETED_SCRIPT, len(keys), *keys, self._ttl, completed_at
+            )
 
     def _queue_rows(self, pipe: Any, records: Sequence[tuple[str, list[str | int]]]) -> None:
         """One ``_WRITE_MANY_SCRIPT`` call per slot group for ``(task_id, row)``s."""
@@ -135,18 +133,23 @@ class StatusStore:
     def _groups(
         self, records: Sequence[tuple[str, list[str | int]]]
     ) -> list[tuple[list[str], list[list[str | int]]]]:
-        """``(task_id, row)``s as (status keys, rows) per slot group: one group off a cluster,
-        one per partition tag the ids carry on one (a script stays in one slot)."""
-        if not records:
+        """``(task_id, row)``s as (status keys, rows) per slot group."""
+        groups = self._key_groups([task_id for task_id, _ in records])
+        return [(keys, [records[i][1] for i in members]) for keys, members in groups]
+
+    def _key_groups(self, task_ids: Sequence[str]) -> list[tuple[list[str], Sequence[int]]]:
+        """The status keys of ``task_ids`` and their indices, per slot group: one group off a
+        cluster, one per partition tag the ids carry on one (a script stays in one slot)."""
+        if not task_ids:
             return []
         if not self._keys.cluster:
             # Each key is the same prefix and the task id (keyspace.status).
             prefix = self._keys.status("")
-            return [([prefix + task_id for task_id, _ in records], [r for _, r in records])]
+            return [([prefix + task_id for task_id in task_ids], range(len(task_ids)))]
         status_key = self._keys.status
         return [
-            ([status_key(records[i][0]) for i in members], [records[i][1] for i in members])
-            for members in self._keys.task_groups([task_id for task_id, _ in records])
+            ([status_key(task_ids[i]) for i in members], members)
+            for members in self._keys.task_groups(task_ids)
         ]
 
     def write_new(

@@ -387,26 +387,25 @@ async def test_settling_removes_the_acknowledged_entries_and_no_other(
     read = [d.entry_id for d in await broker.read(settings.consumer, 20, [index], [20], [">"])]
     assert read == ids[:20]
     # Entry 3 ("9-10") still runs; those before and after it finished, newest first.
-    await broker.settle({index: [i for i in reversed(read) if i != ids[3]]})
+    await broker.settle(Settlement({index: [i for i in reversed(read) if i != ids[3]]}))
     assert await left() == [ids[3], *ids[20:]]  # the running one and the unread ones stay
     assert await pending_ids(redis, family.stream, settings.group) == [ids[3]]
 
-    await broker.settle({index: [ids[3]]})  # nothing pending: up to the last delivered goes
+    # nothing pending: up to the last delivered goes
+    await broker.settle(Settlement({index: [ids[3]]}))
     assert await left() == ids[20:]
 
     rest = [d.entry_id for d in await broker.read(settings.consumer, 20, [index], [20], [">"])]
     await redis.script_flush()  # Redis lost its scripts (a restart): settling loads them again
-    await broker.settle(
-        {index: rest[:3]}, [("t1", "completed", {"completed_at": "2026-11-23T00:00:00.000Z"})]
-    )
+    await broker.settle(Settlement({index: rest[:3]}, [], ["t1"], "2026-11-23T00:00:00.000Z"))
     assert await left() == rest[3:]
     assert await redis.hget(keys.status("t1"), "status") == b"completed"
-    await broker.settle({index: rest[3:]})  # the last delivered one goes too
+    await broker.settle(Settlement({index: rest[3:]}))  # the last delivered one goes too
     assert await left() == []
     assert await pending_ids(redis, family.stream, settings.group) == []
 
     await redis.delete(family.stream)  # deleted under the worker: settling still succeeds
-    await broker.settle({index: [ids[0]]})
+    await broker.settle(Settlement({index: [ids[0]]}))
     assert await redis.exists(family.stream) == 0
 
 
@@ -424,8 +423,8 @@ async def test_a_read_carries_the_previous_batch_acks_and_statuses(
         return [d.entry_id for d in got]
 
     first = await read(None)
-    written = {"completed_at": "2026-11-23T00:00:00.000Z"}
-    settle = Settlement({index: first}, [("t1", "completed", written)], items=None)
+    at = "2026-11-23T00:00:00.000Z"
+    settle = Settlement({index: first}, [], ["t1"], at)
     second = await read(settle)
     assert settle.done
     assert len(second) == 2 and not set(first) & set(second)
@@ -433,13 +432,13 @@ async def test_a_read_carries_the_previous_batch_acks_and_statuses(
     assert await redis.hget(keys.status("t1"), "status") == b"completed"
 
     await redis.script_flush()  # Redis lost its scripts: loaded again, everything resent
-    settle = Settlement({index: second}, [], items=None)
+    settle = Settlement({index: second})
     third = await read(settle)
     assert settle.done and len(third) == 2
     assert await pending_ids(redis, family.stream, settings.group) == third
 
     await redis.set(keys.status("t2"), "not a hash")  # a status write Redis refuses
-    settle = Settlement({index: third}, [("t2", "completed", written)], items=None)
+    settle = Settlement({index: third}, [], ["t2"], at)
     assert await read(settle) == []  # nothing left to read; the read itself went through
     assert not settle.done  # so the acker sends this batch again on its own
     assert await pending_ids(redis, family.stream, settings.group) == []  # acks ran first

@@ -20,21 +20,24 @@ while Redis is not taking the acks; then runners wait for room.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
 
-from ..broker import Broker, Settlement, StatusWrite
+from ..broker import Broker, Settlement
+from ..wire import format_time
 from .retrying import until_done
 
 log = logging.getLogger("streamworker.worker")
 T = TypeVar("T")
 
 # (family index or -1 for a status-only write, entry id, task id, state, status fields);
-# family index _IN_ORDER marks an operation to run in sequence (see ``run_in_order``).
-Item = tuple[int, bytes | None, str, str, dict[str, Any]]
+# family index _IN_ORDER marks an operation to run in sequence (see ``run_in_order``). A
+# completion's fields are None: it is written completed at its batch's time.
+Item = tuple[int, bytes | None, str, str, dict[str, Any] | None]
 _IN_ORDER = -2
 
 
@@ -83,19 +86,17 @@ class Acker:
         """Acknowledge and delete an entry without writing any status."""
         await self._put((family_index, entry_id, "", "", {}))
 
-    async def complete(
-        self, family_index: int, entry_id: bytes, task_id: str, fields: dict[str, Any]
-    ) -> None:
-        await self._put((family_index, entry_id, task_id, "completed", fields))
+    async def complete(self, family_index: int, entry_id: bytes, task_id: str) -> None:
+        """Acknowledge and delete an entry whose task completed, and write its status
+        ``completed`` (at the time its batch is put together)."""
+        await self._put((family_index, entry_id, task_id, "completed", None))
 
-    def complete_nowait(
-        self, family_index: int, entry_id: bytes, task_id: str, fields: dict[str, Any]
-    ) -> bool:
+    def complete_nowait(self, family_index: int, entry_id: bytes, task_id: str) -> bool:
         """:meth:`complete` without waiting: False (and nothing queued) when the queue is
         full. The runner's common case, without the two coroutines ``complete`` costs."""
         if len(self._queue) >= self._capacity:
             return False
-        self._put_nowait((family_index, entry_id, task_id, "completed", fields))
+        self._put_nowait((family_index, entry_id, task_id, "completed", None))
         return True
 
     def note_status(self, task_id: str, state: str, fields: dict[str, Any]) -> None:
@@ -132,8 +133,7 @@ class Acker:
             items.append(queue.popleft())
         self._sending = True
         self._made_room()
-        acks, writes = self._collect(items)
-        return Settlement(acks, writes, items)
+        return self._collect(items)
 
     def read_done(self, settlement: Settlement) -> None:
         """The read that carried ``settlement`` returned or failed. What Redis did not take
@@ -203,7 +203,7 @@ class Acker:
                         if item[0] == _IN_ORDER:
                             if i > start:
                                 await self._flush(batch[start:i])
-                            await self._run_op(item[4])
+                            await self._run_op(item[4])  # type: ignore[arg-type]
                             start = i + 1
                     if start < len(batch):
                         await self._flush(batch[start:])
@@ -219,24 +219,43 @@ class Acker:
             box["done"].set()
 
     async def _flush(self, batch: list[Item]) -> None:
-        acks, write_list = self._collect(batch)
-        await until_done(lambda: self._broker.settle(acks, write_list), what="ack", max_delay=2.0)
+        settlement = self._collect(batch)
+        await until_done(lambda: self._broker.settle(settlement), what="ack", max_delay=2.0)
         self.flushed_batches += 1
 
-    def _collect(self, batch: list[Item]) -> tuple[dict[int, list[bytes]], list[StatusWrite]]:
-        """The batch's entry ids per stream, and one status write per task (merged)."""
+    def _collect(self, batch: list[Item]) -> Settlement:
+        """The batch's entry ids per stream, the tasks that completed (written completed at
+        one time, now), and one status write for each other task (merged)."""
         acks: dict[int, list[bytes]] = defaultdict(list)
+        completed: dict[str, None] = {}  # an ordered set
         writes: dict[str, tuple[str, dict[str, Any]]] = {}
         statuses = self._statuses
+        at = format_time(time.time())
         for family_index, entry_id, task_id, state, fields in batch:
             if entry_id is not None:
                 acks[family_index].append(entry_id)
             if not (task_id and statuses):
                 continue
+            if fields is None:
+                if task_id not in writes:
+                    completed[task_id] = None  # the common case: its only write here
+                    continue
+                fields = {"completed_at": at}
             previous = writes.get(task_id)
+            if previous is None and task_id in completed:
+                # Written again after it completed, in the same batch (a repeated delivery
+                # started): the completion is merged into this write, in order.
+                del completed[task_id]
+                previous = ("completed", {"completed_at": at})
             if previous is not None:
                 merged = dict(previous[1])
                 merged.update(fields)
                 fields = merged
             writes[task_id] = (state, fields)
-        return acks, [(task_id, state, fields) for task_id, (state, fields) in writes.items()]
+        return Settlement(
+            acks,
+            [(task_id, state, fields) for task_id, (state, fields) in writes.items()],
+            list(completed),
+            at,
+            batch,
+        )

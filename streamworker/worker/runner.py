@@ -178,16 +178,15 @@ class Runner:
         duration = time.perf_counter() - started
 
         if error is None:
-            fields = {"completed_at": format_time(time.time())} if self._status else {}
             if not self._acker.complete_nowait(
-                delivery.family_index, delivery.entry_id, task.task_id, fields
+                delivery.family_index, delivery.entry_id, task.task_id
             ):
                 # The acker is behind (Redis is not taking acks): wait for room. If the
                 # handler timed out just as it returned, it counts as done (as with a per-task
                 # scope), but the lane's scope is cancelled, so the wait must be shielded.
                 with anyio.CancelScope(shield=lane.expired):
                     await self._acker.complete(
-                        delivery.family_index, delivery.entry_id, task.task_id, fields
+                        delivery.family_index, delivery.entry_id, task.task_id
                     )
             end = TaskEnd(Outcome.COMPLETED, duration)
         elif isinstance(error, Defer):
