@@ -233,21 +233,37 @@ class AuditHook:
         return (record, position) if only.put(record) else None
 
     def after(self, task: Task, token: Any, end: TaskEnd) -> None:
+        duration = end.duration
+        # Rounded to the microsecond by hand: round(x, 3) costs several times as much.
+        duration_ms = int(duration * 1_000_000 + 0.5) / 1000
+        outcome = end.outcome  # a StrEnum: encodes as its value, without the .value lookup
         error = end.error
-        completion = (
-            int(time.time() * 1000),
-            end.outcome is _COMPLETED,
-            end.outcome,  # a StrEnum: encodes as its value, without the .value lookup
-            type(error).__name__ if error is not None else None,
-            round(end.duration * 1000, 3),
-        )
+        error_type = None if error is None else type(error).__name__
         if token is not None:
             record, position = token
             if position >= self._only.untaken:  # type: ignore[union-attr]  # a token: one sink
-                record += completion
+                # Completed at its start plus its run time: one clock read fewer.
+                record += (
+                    record[4] + int(duration * 1000),
+                    outcome is _COMPLETED,
+                    outcome,
+                    error_type,
+                    duration_ms,
+                )
                 return
         self._emit(
-            [task.task_id, task.task_type, task.priority, task.retry_count + 1, None, *completion]
+            [
+                task.task_id,
+                task.task_type,
+                task.priority,
+                task.retry_count + 1,
+                None,
+                int(time.time() * 1000),
+                outcome is _COMPLETED,
+                outcome,
+                error_type,
+                duration_ms,
+            ]
         )
 
     def rejected(self, rejected: Rejected, priority: str) -> None:
