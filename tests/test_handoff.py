@@ -190,8 +190,8 @@ async def test_the_reader_hands_a_batch_over_for_the_next_read_to_overlap(
     await slots.take_batch(64 - free)
 
     class Recorder:
-        def send_nowait(self, item: Delivery) -> None:
-            events.append(item.entry_id.decode())
+        def send_many(self, items: list[Delivery]) -> None:
+            events.extend(item.entry_id.decode() for item in items)
 
     async def ready() -> None:
         events.append("pause")

@@ -103,9 +103,13 @@ class _CompletedDocument(_StartedDocument):
     duration_ms: float | None
 
 
-def record_events(record: Sequence[Any]) -> int:
-    """How many events a record holds (two when it is both of one run's)."""
-    return 2 if len(record) > _STARTED_ONLY and record[4] is not None else 1
+def count_events(records: Iterable[Sequence[Any]]) -> int:
+    """How many events the records hold (a record of both of one run's events holds two).
+    One call for a batch: it runs for every record a sink sends."""
+    events = 0
+    for record in records:
+        events += 2 if len(record) > _STARTED_ONLY and record[4] is not None else 1
+    return events
 
 
 def record_documents(record: Sequence[Any], service: str, consumer: str) -> list[Any]:
@@ -176,9 +180,7 @@ class AuditBuffer:
     def done(self, n: int, *, sent: bool = True) -> None:
         """Let go of the oldest ``n`` records, counting their events as sent or dropped."""
         popleft = self.items.popleft
-        events = 0
-        for _ in range(n):
-            events += record_events(popleft())
+        events = count_events([popleft() for _ in range(n)])
         self._removed += n
         if sent:
             self.sent += events
@@ -415,7 +417,7 @@ class StreamSink(_Sink):
         step = self.per_entry
         for start in range(0, len(batch), step):
             chunk = batch[start : start + step]
-            args.append(sum(map(record_events, chunk)))
+            args.append(count_events(chunk))
             args.append(_json.encode(chunk))  # the records are the rows
         if self._direct is not None:
             reply = await self._direct.call("EVALSHA", self._append.sha, 2, *self._keys, *args)
@@ -504,7 +506,7 @@ class HttpForwarder(_Sink):
         if status in (408, 425, 429) or status >= 500:
             raise _Transient(f"HTTP {status}")
         # A refusal that will not change by retrying (bad request, auth): drop, loudly.
-        events = sum(map(record_events, batch))
+        events = count_events(batch)
         log.error("audit_batch_refused", extra={"status_code": status, "events": events})
         return False
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 from types import TracebackType
 
 import anyio
@@ -60,17 +61,33 @@ class Handoff:
         if not self._waking:
             self._wake_one()
 
+    def put_many(self, deliveries: Sequence[Delivery]) -> None:
+        """:meth:`put` of each, in order, in one call."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        self._queue.extend(deliveries)
+        if deliveries and not self._waking:
+            self._wake_one()
+
+    def take_nowait(self) -> Delivery | None:
+        """The next delivery if one is queued, else None: :meth:`take` without the
+        coroutine, for a runner's common case under load."""
+        queue = self._queue
+        if not queue:
+            return None
+        delivery = queue.popleft()
+        if queue and not self._waking:
+            # More is queued: have one more runner ready to take it, in case this one's
+            # handler waits (chained, so a batch wakes runners only as needed).
+            self._wake_one()
+        return delivery
+
     async def take(self) -> Delivery:
         """The next delivery; waits while there is none. ``EndOfStream`` once closed and
         empty."""
-        queue = self._queue
         while True:
-            if queue:
-                delivery = queue.popleft()
-                if queue and not self._waking:
-                    # More is queued: have one more runner ready to take it, in case this
-                    # one's handler waits (chained, so a batch wakes runners only as needed).
-                    self._wake_one()
+            delivery = self.take_nowait()
+            if delivery is not None:
                 return delivery
             if self._closed:
                 raise anyio.EndOfStream
@@ -118,10 +135,16 @@ class Feed:
         self.send_nowait(delivery)
 
     def send_nowait(self, delivery: Delivery) -> None:
-        """:meth:`send` without the coroutine (the reader hands over a batch with this)."""
+        """:meth:`send` without the coroutine."""
         if self._closed:
             raise anyio.ClosedResourceError
         self._handoff.put(delivery)
+
+    def send_many(self, deliveries: Sequence[Delivery]) -> None:
+        """:meth:`send_nowait` of each, in one call (the reader hands over a batch so)."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        self._handoff.put_many(deliveries)
 
     def close(self) -> None:
         """Idempotent, like closing a memory object stream."""

@@ -299,11 +299,10 @@ async def hand_over(send: Feed, deliveries: list[Delivery], slots: Slots) -> boo
     else:
         first = max(0, min(n // 2, slots.size // 2 - slots.free))
         eager = True
-    put = send.send_nowait
-    for delivery in deliveries[:first]:
-        put(delivery)
     if first:
+        send.send_many(deliveries[:first])
         await anyio.lowlevel.cancel_shielded_checkpoint()
-    for delivery in deliveries[first:]:
-        put(delivery)
+        send.send_many(deliveries[first:])
+    else:
+        send.send_many(deliveries)
     return eager

@@ -227,7 +227,8 @@ class Worker:
     async def _run_tasks(self, handoff: Handoff) -> None:
         lane = self.watchdog.lane()
         # Bound once per runner: everything below runs once a task.
-        take, run, give = handoff.take, self.runner.run, self.slots.give
+        take, take_nowait = handoff.take, handoff.take_nowait
+        run, give = self.runner.run, self.slots.give
         running, monotonic = self.leases.running, time.monotonic
         try:
             while True:
@@ -235,10 +236,12 @@ class Worker:
                 # past its timeout, and then the lane goes on in a fresh one (deadlines.py).
                 with lane.renew():
                     while not lane.expired:
-                        try:
-                            delivery = await take()
-                        except anyio.EndOfStream:
-                            return
+                        delivery = take_nowait()  # under load, without a coroutine
+                        if delivery is None:
+                            try:
+                                delivery = await take()
+                            except anyio.EndOfStream:
+                                return
                         running[delivery] = monotonic()  # its lease is renewed while it runs
                         self.in_flight += 1
                         try:
