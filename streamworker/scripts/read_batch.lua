@@ -18,7 +18,7 @@
 -- the worker checks before it marks anything running).
 local group, consumer = ARGV[1], ARGV[2]
 local remaining = tonumber(ARGV[3])
-local out = {}
+local out, size = {}, 0  -- a count, not #out: Lua 5.1 finds a table's length by a search
 local extra = 4 + 2 * #KEYS
 local started_at = ARGV[extra]
 local status_prefix, cancel_prefix = ARGV[extra + 1], ARGV[extra + 2]
@@ -106,12 +106,15 @@ for pass = 1, 2 do
           end
         end
         for _, entry in ipairs(entries) do
-          out[#out + 1] = i
-          out[#out + 1] = entry[1]
-          out[#out + 1] = entry[2] or {}
-          out[#out + 1] = counts[entry[1]] or 1
+          local id, fields = entry[1], entry[2] or {}
+          out[size + 1] = i
+          out[size + 2] = id
+          out[size + 3] = fields
+          out[size + 4] = counts[id] or 1
+          size = size + 4
           if started_at then
-            out[#out + 1] = gate(i, entry[2] or {})
+            size = size + 1
+            out[size] = gate(i, fields)
           end
           remaining = remaining - 1
         end
