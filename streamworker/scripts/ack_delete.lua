@@ -40,16 +40,33 @@ if not pending then
   redis.call('XDEL', stream, floor)  -- acknowledged too, and every other id was below it
   return acked
 end
--- Stream ids are "ms-seq" with both parts integers; those below the floor are gone now.
+-- Stream ids are "ms-seq" with both parts integers (no leading zeros); those below the
+-- floor are gone now. Compared as text, which costs Redis less than tonumber: a longer
+-- number is the larger one, and numbers of one length compare as their digits do.
 local find, sub = string.find, string.sub
-local dash = find(floor, '-', 1, true)
-local floor_ms, floor_seq = tonumber(sub(floor, 1, dash - 1)), tonumber(sub(floor, dash + 1))
+local floor_dash = find(floor, '-', 1, true)
+local floor_ms, floor_seq = sub(floor, 1, floor_dash - 1), sub(floor, floor_dash + 1)
 local above = {}
 for i = 2, n do
   local id = ARGV[i]
-  dash = find(id, '-', 1, true)
-  local ms = tonumber(sub(id, 1, dash - 1))
-  if ms > floor_ms or (ms == floor_ms and tonumber(sub(id, dash + 1)) >= floor_seq) then
+  local dash = find(id, '-', 1, true)
+  local keep
+  if dash ~= floor_dash then
+    keep = dash > floor_dash
+  else
+    local ms = sub(id, 1, dash - 1)
+    if ms ~= floor_ms then
+      keep = ms > floor_ms
+    else
+      local seq = sub(id, dash + 1)
+      if #seq ~= #floor_seq then
+        keep = #seq > #floor_seq
+      else
+        keep = seq >= floor_seq
+      end
+    end
+  end
+  if keep then
     above[#above + 1] = id
   end
 end
