@@ -63,6 +63,7 @@ class Runner:
         self._has_hooks = bool(hooks)  # TaskHooks.__bool__ is a method call, once a task
         self._max_deliveries = settings.max_deliveries
         self._max_payload_bytes = settings.max_payload_bytes
+        self._default_timeout = settings.task_timeout_seconds
         self.deleted_acked = 0
 
     async def run(self, delivery: Delivery, lane: Lane) -> None:
@@ -130,9 +131,7 @@ class Runner:
             )
             return
 
-        timeout = (
-            task.timeout_seconds or spec.timeout_seconds or self._settings.task_timeout_seconds
-        )
+        timeout = task.timeout_seconds or spec.timeout_seconds or self._default_timeout
         max_retries = task.max_retries
         if max_retries is None:
             max_retries = spec.max_retries
@@ -147,7 +146,7 @@ class Runner:
             task.correlation_id,
             self._outbox,
         )
-        if self._status and delivery.task_id_field is None:
+        if self._status and delivery.fields.get(b"task_id") is None:  # task_id_field, inline
             # Entries published with a task_id were marked running by the start gate
             # (begin_batch.lua); a raw entry's derived id gets its status here.
             self._acker.note_status(
