@@ -335,10 +335,25 @@ async def test_cluster_killed_worker_is_reclaimed_on_every_partition(
     settings = cluster_settings
     keys = settings.keyspace()
     victim = _start_cluster_worker(settings, "victim", 60, worker_processes)
+    streams = [keys.family("normal", p).stream for p in range(keys.partitions)]
+
+    async def victim_waits_on_every_partition() -> bool:
+        # Its readers wait on their partitions (a consumer exists once it has read), so each
+        # takes entries as they come: on a slow machine a victim that started after the
+        # publish could fill its 60 slots from the first partitions it read.
+        for stream in streams:
+            try:
+                consumers = await cluster_redis.xinfo_consumers(stream, settings.group)
+            except ResponseError:  # NOGROUP: the worker has not made its groups yet
+                return False
+            if not any(c["name"] == b"victim" for c in consumers):
+                return False
+        return True
+
+    await wait_for(victim_waits_on_every_partition, timeout=60)
     producer = Producer.from_settings(settings)
     ids = await producer.publish_many([TaskSpec(task_type="record", payload={"sleep": 30})] * 120)
     await producer.aclose()
-    streams = [keys.family("normal", p).stream for p in range(keys.partitions)]
 
     async def owned_by_victim() -> list[int]:
         counts = []
