@@ -671,11 +671,12 @@ class Broker:
         """The XADD of a batch packed by :func:`wire.encode_entries`, as one EVAL command for a
         pipeline or :meth:`send_in_order` (the script's text, not its SHA: a command stream
         cannot be resent on NOSCRIPT). With ``status_prefix`` (single Redis only) the script
-        also writes each task's first status, ``queued``, before its entry."""
+        also writes each task's first status, ``queued``, before its entry, with the
+        family's priority."""
         script = self._source["publish_batch"]
         if status_prefix is None:
             return ("EVAL", script, 1, family.stream, entries)
-        return ("EVAL", script, 1, family.stream, entries, status_prefix)
+        return ("EVAL", script, 1, family.stream, entries, status_prefix, family.priority)
 
     async def send_in_order(
         self, chunks: Iterable[Sequence[Sequence[Any]]], *, raise_errors: bool = True

@@ -351,7 +351,7 @@ class DeadLetters:
             source_id=_text(fields.get(b"source_id")),
             consumer=_text(fields.get(b"consumer")),
             deliveries=_int(fields.get(b"deliveries")),
-            retry_count=_int(fields.get(b"retry_count")),
+            retry_count=_int(fields.get(b"retry_count", b"0")),  # absent: none failed yet
             replayed_from=_text(fields.get(b"replayed_from")),
             failed_at=_text(fields.get(b"failed_at")),
             age_seconds=round(max(0.0, now - _id_seconds(entry_id)), 3),

@@ -301,13 +301,13 @@ class Producer:
             raise InvalidTask("timeout_seconds must be a number > 0")
         due = self._due(spec, now)
         # publish_batch.lua reads the first status's fields by position: keep this order.
+        # No priority (the stream says it) and no retry_count (absent is 0): two optional
+        # fields (CONTRACT.md §2) every read would pass through Redis's Lua and the decoder.
         fields: dict[str, str | bytes] = {
             "task_id": task_id,
             "task_type": task_type,
             "payload": payload_text,
-            "priority": spec.priority,
             "created_at": created_at,
-            "retry_count": "0",
         }
         scheduled = format_time(due) if due is not None else None
         if scheduled is not None:

@@ -64,13 +64,14 @@ async def test_batch_lands_every_entry_exactly_with_its_status(
     by_id: dict[str, dict[bytes, bytes]] = {}
     for priority in ("high", "normal", "low"):
         for _, fields in await redis.xrange(keys.family(priority).stream):
-            assert fields[b"priority"] == priority.encode()
+            # The stream is the priority; retry_count absent is 0 (CONTRACT.md §2).
+            assert b"priority" not in fields and b"retry_count" not in fields
+            assert (await producer.status.read(redis, fields[b"task_id"].decode())).priority == priority
             by_id[fields[b"task_id"].decode()] = fields
     assert set(by_id) == set(ids)
     for i, task_id in enumerate(ids):
         fields = by_id[task_id]
         assert fields[b"payload"].decode() == f'{{"n":{i},"text":"ünïcødé ✓"}}'
-        assert fields[b"retry_count"] == b"0"
         assert (fields.get(b"max_retries") == b"2") == bool(i % 2)
         assert (b"correlation_id" in fields) == (i % 5 == 0)
         status = await producer.status.read(redis, task_id)

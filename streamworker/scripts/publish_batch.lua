@@ -2,30 +2,32 @@
 -- the publisher one reply instead of one per task.
 -- KEYS:  stream
 -- ARGV:  MessagePack array of entries, each a flat {field, value, ...} array of strings;
---        optionally the status key prefix (single Redis only, as the status keys are named by
---        the entries): then each task's first status ('queued') is written before its entry,
---        from the entry's own fields (CONTRACT.md §5).
+--        optionally the status key prefix and the stream's priority (single Redis only, as the
+--        status keys are named by the entries): then each task's first status ('queued') is
+--        written before its entry, from the entry's own fields and the priority
+--        (CONTRACT.md §5).
 -- The producer puts those fields first, in this order: task_id, task_type, payload,
--- priority, created_at, retry_count, then scheduled_for when there is one. They are read by
+-- created_at, then scheduled_for when there is one (it writes no priority, which the stream
+-- says, and no retry_count, absent on a first publish). They are read by
 -- position when the names are where expected (a loop over the names cost Redis a quarter
 -- more per task), else by name (a producer hook may have rebuilt the fields).
 -- Returns the number of entries added.
 local entries = cmsgpack.unpack(ARGV[1])
 local status_prefix = ARGV[2]
-local kept = {task_type = true, priority = true, created_at = true, scheduled_for = true}
+local priority = ARGV[3]
+local kept = {task_type = true, created_at = true, scheduled_for = true}
 
 -- The first status of entry e, written to key; returns whether the hash is new.
 local function write_status(key, e)
-  if e[1] == 'task_id' and e[3] == 'task_type' and e[7] == 'priority'
-      and e[9] == 'created_at' then
-    if e[13] == 'scheduled_for' then
+  if e[1] == 'task_id' and e[3] == 'task_type' and e[7] == 'created_at' then
+    if e[9] == 'scheduled_for' then
       return redis.call('HSET', key, 'status', 'queued', 'task_id', e[2], 'task_type', e[4],
-        'priority', e[8], 'created_at', e[10], 'retry_count', '0', 'scheduled_for', e[14]) == 7
+        'priority', priority, 'created_at', e[8], 'retry_count', '0', 'scheduled_for', e[10]) == 7
     end
     return redis.call('HSET', key, 'status', 'queued', 'task_id', e[2], 'task_type', e[4],
-      'priority', e[8], 'created_at', e[10], 'retry_count', '0') == 6
+      'priority', priority, 'created_at', e[8], 'retry_count', '0') == 6
   end
-  local row = {'status', 'queued', 'retry_count', '0'}
+  local row = {'status', 'queued', 'retry_count', '0', 'priority', priority}
   for j = 1, #e, 2 do
     if e[j] == 'task_id' or kept[e[j]] then
       row[#row + 1] = e[j]
