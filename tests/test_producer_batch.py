@@ -66,7 +66,8 @@ async def test_batch_lands_every_entry_exactly_with_its_status(
         for _, fields in await redis.xrange(keys.family(priority).stream):
             # The stream is the priority; retry_count absent is 0 (CONTRACT.md §2).
             assert b"priority" not in fields and b"retry_count" not in fields
-            assert (await producer.status.read(redis, fields[b"task_id"].decode())).priority == priority
+            first = await producer.status.read(redis, fields[b"task_id"].decode())
+            assert first is not None and first.priority == priority
             by_id[fields[b"task_id"].decode()] = fields
     assert set(by_id) == set(ids)
     for i, task_id in enumerate(ids):
