@@ -235,7 +235,8 @@ def decode_task(
             )
         field = "retry_count"
         raw = get(b"retry_count")
-        retry_count = 0 if raw == b"0" else (_nonnegative_int(raw, 0) or 0)
+        # Absent on a first publish (the producer writes none): no call for the common case.
+        retry_count = 0 if raw is None or raw == b"0" else (_nonnegative_int(raw, 0) or 0)
         field = "max_retries"
         raw = get(b"max_retries")
         max_retries = None if raw is None else _nonnegative_int(raw, None)

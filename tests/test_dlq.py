@@ -95,6 +95,7 @@ async def test_list_filter_page_and_show(settings: Settings, redis: aioredis.Red
     assert boom.reason == "permanent_failure" and "PermanentError" in (boom.error or "")
     assert boom.priority == "high" and boom.source_stream == f"{settings.prefix}high_priority_tasks"
     assert boom.deliveries == 1 and boom.consumer == settings.consumer
+    assert boom.retry_count == 0  # a first publish writes no retry_count: absent is 0
     assert boom.failed_at and boom.source_id and boom.age_seconds >= 0
     assert nope.reason == "unknown_task_type" and nope.priority == "low"
     assert not hasattr(boom, "payload")  # listing never carries payloads
