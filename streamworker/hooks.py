@@ -54,6 +54,9 @@ class TaskHook(Protocol):
 
     # Optional: a hook that defines ``event(self, event: WorkerEvent, priority: str | None,
     # count: int) -> None`` also receives worker-level events (see ``TaskHooks.event``).
+    # Optional: ``uses_enqueued_at = False`` says ``before`` ignores ``enqueued_at``; when no
+    # hook uses it, the runner passes NaN instead of working it out from the entry id (2,500
+    # instructions a task: parsing the id's milliseconds).
 
 
 class WorkerEvent(enum.StrEnum):
@@ -84,10 +87,13 @@ def _owner(method: Any) -> str:
 class TaskHooks:
     """Calls every hook in order, isolating the task from a hook's failure."""
 
-    __slots__ = ("_afters", "_befores", "_hooks")
+    __slots__ = ("_afters", "_befores", "_hooks", "uses_enqueued_at")
 
     def __init__(self, hooks: Sequence[TaskHook] = ()) -> None:
         self._hooks = tuple(hooks)
+        #: Whether any hook reads ``before``'s ``enqueued_at`` (a hook says it does not with
+        #: ``uses_enqueued_at = False``).
+        self.uses_enqueued_at = any(getattr(h, "uses_enqueued_at", True) for h in self._hooks)
         # Bound once: these two run for every task.
         self._befores = tuple(hook.before for hook in self._hooks)
         self._afters = tuple(hook.after for hook in reversed(self._hooks))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -20,7 +21,9 @@ from streamworker import (
     TaskContext,
     TaskSpec,
 )
+from streamworker.hooks import TaskHooks
 from streamworker.keyspace import Keyspace
+from streamworker.observability import build_observability
 from tests.conftest import dead_letters, running_worker, status_is, wait_for, xlen_is
 
 pytestmark = pytest.mark.anyio
@@ -436,3 +439,53 @@ async def test_a_busy_worker_sends_its_acks_and_statuses_with_its_reads(
     }
     for task_id in ids[::300]:
         assert await status_is(redis, settings, task_id, "completed")
+
+
+class _Wait:
+    """A hook that records the ``enqueued_at`` its ``before`` is given."""
+
+    def __init__(self, uses_enqueued_at: bool) -> None:
+        self.uses_enqueued_at = uses_enqueued_at
+        self.seen: list[tuple[float, float]] = []
+
+    def before(self, task: Any, started_at: float, enqueued_at: float) -> None:
+        self.seen.append((started_at, enqueued_at))
+
+    def after(self, task: Any, token: Any, end: Any) -> None:
+        pass
+
+    def rejected(self, rejected: Any, priority: str) -> None:
+        pass
+
+
+async def test_hooks_get_the_enqueue_time_unless_none_reads_it(
+    settings: Settings, redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Working the enqueue time out of the entry id costs 2,500 instructions a task, so it is
+    # only done when a hook reads it; one that says it does not gets NaN.
+    registry = Registry()
+
+    @registry.handler("job")
+    async def job(payload: dict[str, Any], ctx: TaskContext) -> None:
+        pass
+
+    producer = producer_for(settings)
+    for uses in (True, False):
+        hook = _Wait(uses)
+        published = time.time()
+        task_id = await producer.publish("job", {})
+        async with running_worker(settings, registry, hooks=[hook]):
+            await wait_for(lambda t=task_id: status_is(redis, settings, t, "completed"))
+        ((started_at, enqueued_at),) = hook.seen
+        if uses:
+            assert published - 1 <= enqueued_at <= started_at
+        else:
+            assert enqueued_at != enqueued_at  # NaN
+    # A hook that does not say is given it; the library's own hooks say what they need.
+    silent = _Wait(False)
+    del silent.uses_enqueued_at
+    assert TaskHooks([_Wait(False), silent]).uses_enqueued_at
+    assert not TaskHooks([_Wait(False)]).uses_enqueued_at
+    with caplog.at_level(logging.INFO, logger="streamworker.task"):  # debug would need it
+        assert not TaskHooks(build_observability(settings).task_hooks).uses_enqueued_at
+    await producer.aclose()

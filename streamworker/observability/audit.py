@@ -211,6 +211,8 @@ class AuditHook:
     cost, and the bytes it sends, are mostly per record. With several sinks, whose batches
     are taken at different times, each event is a record of its own."""
 
+    uses_enqueued_at = False  # the events carry the start and end, not the wait
+
     def __init__(self, buffers: Sequence[AuditBuffer]) -> None:
         self._puts = tuple(buffer.put for buffer in buffers)
         self._only = buffers[0] if len(buffers) == 1 else None

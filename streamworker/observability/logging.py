@@ -115,14 +115,19 @@ class LoggingHook:
     def __init__(self, consumer: str) -> None:
         self._log = logging.getLogger("streamworker.task")
         self._consumer = consumer
+        #: The wait (task_started's wait_ms) is only written at debug level: at the level the
+        #: worker starts with, the runner need not work it out for this hook.
+        self.uses_enqueued_at = self._log.isEnabledFor(logging.DEBUG)
 
     def before(self, task: Task, started_at: float, enqueued_at: float) -> Token[Any]:
         token = _running.set((task, self._consumer))
         # debug, not info: a log line costs ~25 us of CPU, and at the default level one line
         # per task (task_completed) is the seed's record; task_started doubles it
         if self._log.isEnabledFor(logging.DEBUG):
+            wait = started_at - enqueued_at  # NaN when debug was turned on after the start
             self._log.debug(
-                "task_started", extra={"wait_ms": round(max(0.0, started_at - enqueued_at) * 1000)}
+                "task_started",
+                extra={"wait_ms": round(max(0.0, wait) * 1000)} if wait == wait else {},
             )
         return token
 

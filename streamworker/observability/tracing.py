@@ -83,6 +83,8 @@ def _fail(span: Span, error: BaseException) -> None:
 class TracingHook:
     """The CONSUMER span of each handler run."""
 
+    uses_enqueued_at = False  # the span starts when the run does
+
     def __init__(self, tracer: Tracer, keys: Keyspace, group: str, consumer: str) -> None:
         self._tracer = tracer
         # With partitions, the priority's name without the hash tag (the span is per task).

@@ -8,6 +8,7 @@ its timeout -> completed (batched ack), retry (atomic ack + park with backoff), 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -65,6 +66,7 @@ class Runner:
         self._consumer = settings.consumer
         self._status = broker.status.enabled
         self._has_hooks = bool(hooks)  # TaskHooks.__bool__ is a method call, once a task
+        self._uses_enqueued_at = hooks.uses_enqueued_at
         self._max_deliveries = settings.max_deliveries
         self._max_payload_bytes = settings.max_payload_bytes
         self._default_timeout = settings.task_timeout_seconds
@@ -164,7 +166,13 @@ class Runner:
                     "retry_count": task.retry_count,
                 },
             )
-        tokens = self._hooks.before(task, now, delivery.enqueued_at) if self._has_hooks else None
+        tokens = (
+            self._hooks.before(
+                task, now, delivery.enqueued_at if self._uses_enqueued_at else math.nan
+            )
+            if self._has_hooks
+            else None
+        )
         started = time.perf_counter()
         error: BaseException | None = None
         lane.arm(timeout)
