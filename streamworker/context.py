@@ -56,7 +56,7 @@ class Outbox:
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
-class TaskContext(msgspec.Struct, dict=False, weakref=False):
+class TaskContext(msgspec.Struct):
     """Task id, attempt, priority, a logger carrying the task's ids, and the services.
 
     (A Struct: one is made for every task, and its constructor runs in C — 1,200

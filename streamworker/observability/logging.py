@@ -12,6 +12,7 @@ context variable, so every line logged during the run — the runner's ``task_re
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from contextvars import ContextVar, Token
@@ -127,7 +128,7 @@ class LoggingHook:
             wait = started_at - enqueued_at  # NaN when debug was turned on after the start
             self._log.debug(
                 "task_started",
-                extra={"wait_ms": round(max(0.0, wait) * 1000)} if wait == wait else {},
+                extra={} if math.isnan(wait) else {"wait_ms": round(max(0.0, wait) * 1000)},
             )
         return token
 

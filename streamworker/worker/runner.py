@@ -166,13 +166,10 @@ class Runner:
                     "retry_count": task.retry_count,
                 },
             )
-        tokens = (
-            self._hooks.before(
-                task, now, delivery.enqueued_at if self._uses_enqueued_at else math.nan
-            )
-            if self._has_hooks
-            else None
-        )
+        tokens = None
+        if self._has_hooks:
+            enqueued_at = delivery.enqueued_at if self._uses_enqueued_at else math.nan
+            tokens = self._hooks.before(task, now, enqueued_at)
         started = time.perf_counter()
         error: BaseException | None = None
         lane.arm(timeout)
