@@ -166,25 +166,33 @@ class CommandList(list[tuple[Any, ...]]):
 class Settlement:
     """Acknowledgements and status writes to send together (:meth:`Broker.settle`, or in the
     same round trip as a read: :meth:`Broker.read`'s ``settle``): entry ids per family,
-    general status writes, and the tasks that completed, which share one ``completed_at``.
-    ``done`` tells whether Redis took all of them."""
+    general status writes, and the tasks that completed (task id: its delivery), which share
+    one ``completed_at``. ``done`` tells whether Redis took all of them."""
 
-    __slots__ = ("acks", "completed", "completed_at", "done", "items", "writes")
+    __slots__ = (
+        "acks", "completed", "completed_at", "done", "items", "new_statuses", "order", "writes",
+    )  # fmt: skip
 
     def __init__(
         self,
         acks: Mapping[int, Sequence[bytes]],
         writes: Sequence[StatusWrite] = (),
-        completed: Sequence[str] = (),
+        completed: Mapping[str, Delivery] | None = None,
         completed_at: str = "",
         items: Any = None,
     ) -> None:
         self.acks = acks
         self.writes = writes
-        self.completed = completed
+        self.completed = completed if completed is not None else {}
         self.completed_at = completed_at
         self.items = items  # what the sender gives back if not done
         self.done = False
+        #: Where the completed write's reply is among the commands, and its keys' task ids.
+        self.order: tuple[int, list[str]] | None = None
+        #: Completed tasks whose status hash did not exist (entries that named their own
+        #: task_id without being published through us): the acker writes their other fields
+        #: after (``Broker.new_status_rows``).
+        self.new_statuses: list[str] = []
 
 
 class Broker:
@@ -218,6 +226,11 @@ class Broker:
         self._trimmed_logged_at = -_TRIMMED_EVERY
         self._near_capacity_logged_at = -_NEAR_CAPACITY_EVERY
 
+    @property
+    def replay_writes_status(self) -> bool:
+        """Whether ``replay.lua`` writes the replayed tasks' statuses (single Redis)."""
+        return self.status.enabled and not self.keys.cluster
+
     # -- set-up ---------------------------------------------------------------------------
 
     async def load_scripts(self) -> None:
@@ -242,12 +255,15 @@ class Broker:
             await self.load_scripts()
             return await self.redis.evalsha(self._sha[name], len(keys), *keys, *args)
 
-    async def _run_pipeline(self, build: Callable[[Any], None]) -> list[Any]:
-        """Send a pipeline built by ``build``; resend once if Redis had lost the scripts."""
+    async def _run_pipeline(
+        self, build: Callable[[Any], None], *, atomic: bool = False
+    ) -> list[Any]:
+        """Send a pipeline built by ``build``; resend once if Redis had lost the scripts.
+        ``atomic`` sends it as one MULTI/EXEC transaction (single Redis only)."""
         if not self._sha:
             await self.load_scripts()
         for attempt in (1, 2):
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.redis.pipeline(transaction=atomic)
             build(pipe)
             results: list[Any] = await pipe.execute(raise_on_error=False)
             if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
@@ -274,15 +290,9 @@ class Broker:
         quotas: Sequence[int],
         start_ids: Sequence[str],
         *,
-        gate_at: str | None = None,
         settle: Settlement | None = None,
     ) -> list[Delivery]:
         """Up to ``total`` entries across the families in ``order``, in one round trip.
-
-        With ``gate_at`` (a ``started_at`` time) on a single Redis, the same script also passes
-        the entries through the start gate (see :meth:`begin`); :meth:`begin` then only has
-        the few it left (those naming a ``scheduled_for`` time) to do. On a cluster the keys
-        a gate touches may live in other slots, so :meth:`begin` does all of it.
 
         With ``settle`` on a single Redis, its acknowledgements and status writes (as
         :meth:`settle` sends them) go first in the same round trip; ``settle.done`` says
@@ -292,27 +302,17 @@ class Broker:
         for quota, start in zip(quotas, start_ids, strict=True):
             args.append(quota)
             args.append(start)
-        gate = gate_at is not None and not self.keys.cluster
-        if gate:
-            args += (gate_at, self.keys.status(""), self.keys.cancelled(""))
-            args += (self.families[i].priority for i in order)
         if settle is not None and not self.keys.cluster:
             flat = await self._read_settling(keys, args, settle)
         else:
             flat = await self._eval("read_batch", keys, args)
         now = time.time()
         out = []
-        step = 5 if gate else 4
-        for j in range(0, len(flat), step):
+        for j in range(0, len(flat), 4):
             # _pairs inline: the script sends a whole field list (empty for a deleted entry)
             it = iter(flat[j + 2] or ())
             fields = dict(zip(it, it))  # noqa: B905 -- strict costs a third more
-            delivery = Delivery(order[flat[j] - 1], flat[j + 1], fields, now, flat[j + 3])
-            if gate:
-                flag = flat[j + 4]
-                delivery.gated = flag != 2
-                delivery.cancelled = flag == 1
-            out.append(delivery)
+            out.append(Delivery(order[flat[j] - 1], flat[j + 1], fields, now, flat[j + 3]))
         return out
 
     async def _read_settling(
@@ -329,11 +329,15 @@ class Broker:
         replies = await self.send_in_order([commands], raise_errors=False)
         if isinstance(replies[first], NoScriptError):
             # The read did not run: load the scripts and send everything again (the acks
-            # and status writes may run twice, which changes nothing).
+            # and status writes may run twice, which changes nothing but the report of
+            # which status hashes the first run made).
+            self._note_new_statuses(settle, replies)
             await self.load_scripts()
             replies = await self.send_in_order([commands], raise_errors=False)
         # A failed acknowledgement goes back to the acker, which retries it on its own.
         settle.done = not any(isinstance(reply, Exception) for reply in replies[:first])
+        if settle.done:
+            self._note_new_statuses(settle, replies)
         flat = replies[first]
         if isinstance(flat, Exception):
             raise flat
@@ -366,9 +370,13 @@ class Broker:
 
     async def begin(self, deliveries: Sequence[Delivery], started_at: str) -> int:
         """Pass a batch through the start gate (``begin_batch.lua``): flag the deliveries whose
-        task was cancelled and mark the others ``running``, in one round trip. Deliveries the
-        read already gated (``gated``) are skipped. Returns how many of the others were
-        cancelled. Only used when statuses are tracked (a cancel needs them)."""
+        task was cancelled and mark the others ``running``, in one round trip. Deliveries
+        already gated (``gated``) are skipped. Returns how many of the others were cancelled.
+
+        Used on Redis Cluster when statuses are tracked: there a cancel cannot reach a task's
+        entry from its status (another slot), so it marks the status and the worker checks
+        before it runs. On a single Redis a cancel deletes the unread entry instead
+        (``cancel_task.lua``) and nothing needs checking."""
         keys: list[str] = []
         rows: list[list[str]] = []
         gated: list[Delivery] = []
@@ -516,11 +524,15 @@ class Broker:
         self._settle_commands(commands, settlement)
         if not commands:
             return
-        try:
-            await self.send_in_order([commands])
-        except NoScriptError:
+        replies = await self.send_in_order([commands], raise_errors=False)
+        self._note_new_statuses(settlement, replies)
+        if any(isinstance(reply, NoScriptError) for reply in replies):
             await self.load_scripts()
-            await self.send_in_order([commands])
+            replies = await self.send_in_order([commands], raise_errors=False)
+            self._note_new_statuses(settlement, replies)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
 
     def _settle_commands(self, pipe: Any, settlement: Settlement) -> None:
         for index, ids in settlement.acks.items():
@@ -528,8 +540,45 @@ class Broker:
                 stream = self.families[index].stream
                 self._evalsha(pipe, "ack_delete", [stream], [self.group, *ids])
         # one script call each, one reply each, for the batch
-        self.status.write_completed(pipe, settlement.completed, settlement.completed_at)
+        at = len(pipe)
+        order = self.status.write_completed(pipe, settlement.completed, settlement.completed_at)
+        if order:
+            settlement.order = (at, order)
         self.status.write_many(pipe, settlement.writes)
+
+    def _note_new_statuses(self, settlement: Settlement, replies: Sequence[Any]) -> None:
+        """Read from the completed write's reply which hashes it made (see ``status.py``)."""
+        if settlement.order is None:
+            return
+        at, order = settlement.order
+        reply = replies[at]
+        if isinstance(reply, list) and reply:
+            known = settlement.new_statuses
+            known += (order[int(k) - 1] for k in reply if order[int(k) - 1] not in known)
+
+    def new_status_rows(self, settlement: Settlement) -> list[StatusWrite]:
+        """The fields a completed write could not know, for the hashes it made (see
+        ``Settlement.new_statuses``), taken from each task's entry as the publish would
+        have written them; for the acker to queue (a status without them would show no
+        type, priority or creation time)."""
+        rows: list[StatusWrite] = []
+        for task_id in settlement.new_statuses:
+            delivery = settlement.completed[task_id]
+            fields = delivery.fields
+            rows.append(
+                (
+                    task_id,
+                    "completed",
+                    {
+                        "task_type": _field_text(fields.get(b"task_type")) or None,
+                        "priority": self.families[delivery.family_index].priority,
+                        "created_at": _field_text(fields.get(b"created_at")) or None,
+                        "retry_count": _field_text(fields.get(b"retry_count")) or "0",
+                    },
+                )
+            )
+        settlement.new_statuses = []
+        return rows
 
     async def retry(
         self,
@@ -538,7 +587,9 @@ class Broker:
         due_ms: int,
         write: StatusWrite | None,
     ) -> bool:
-        """Ack the entry and park its next attempt until ``due_ms``, atomically."""
+        """Ack the entry and park its next attempt until ``due_ms``, atomically. On a single
+        Redis the status write is part of the same step: a task parked as ``scheduled`` (a
+        deferral) must never be seen by the promoter, or a cancel, with its earlier status."""
         family = self.families[delivery.family_index]
         member = pack_fields(next_fields)
 
@@ -552,7 +603,7 @@ class Broker:
             if write is not None:
                 self.status.write(pipe, write[0], write[1], **write[2])
 
-        results = await self._run_pipeline(build)
+        results = await self._run_pipeline(build, atomic=not self.keys.cluster)
         return bool(results[0])
 
     async def dead_letter(
@@ -626,14 +677,20 @@ class Broker:
 
         Each entry is replayed atomically on its own; one entry's error does not stop the
         others. Sending the pipeline again after NOSCRIPT is safe: an entry already replayed
-        answers 'gone'."""
+        answers 'gone'.
+
+        On a single Redis with statuses tracked (``replay_writes_status``), the script puts
+        each task's status back to ``queued`` too; on a cluster the caller does."""
         if not self._sha:
             await self.load_scripts()
         for attempt in (1, 2):
             pipe = self.redis.pipeline(transaction=False)
             sent = [(f, i) for f, stream, i in items if stream == f.dead_letters]
             for family, entry_id in sent:
-                self._evalsha(pipe, "replay", [family.dead_letters, family.stream], [entry_id])
+                args = [entry_id]
+                if self.replay_writes_status:
+                    args += (self.keys.status(""), family.priority)
+                self._evalsha(pipe, "replay", [family.dead_letters, family.stream], args)
             raw: list[Any] = await pipe.execute(raise_on_error=False) if sent else []
             if attempt == 1 and any(isinstance(r, NoScriptError) for r in raw):
                 await self.load_scripts()
@@ -654,11 +711,17 @@ class Broker:
     # -- delayed tasks --------------------------------------------------------------------
 
     async def promote_due(self, now_ms: int, limit: int = 500) -> int:
-        """Move due delayed entries of every family to their streams; returns how many."""
+        """Move due delayed entries of every family to their streams; returns how many left
+        the delayed sets. On a single Redis with statuses tracked, tasks cancelled while they
+        waited are dropped instead, and a ``scheduled`` status becomes ``queued`` with its
+        new entry's place (see ``promote_due.lua``)."""
+        args: list[Any] = [now_ms, limit]
+        if self.status.enabled and not self.keys.cluster:
+            args += (self.keys.status(""), self.keys.cancelled(""))
 
         def build(pipe: Any) -> None:
             for family in self.families:
-                self._evalsha(pipe, "promote_due", [family.delayed, family.stream], [now_ms, limit])
+                self._evalsha(pipe, "promote_due", [family.delayed, family.stream], args)
 
         results = await self._run_pipeline(build)
         return sum(int(r) for r in results)

@@ -2,10 +2,16 @@
 
 Only a ``queued`` or ``scheduled`` task can be cancelled. One Lua script checks the state and,
 when allowed, marks the status ``cancelled`` (terminal: it expires after
-``COMPLETED_TTL_SECONDS``) and sets the cancel marker the worker looks for before it starts an
-entry. The entry itself stays where it is (the stream or the delayed set) and is skipped and
-acknowledged by the worker when its turn comes: removing it from the middle of a stream or a
-packed delayed-set member would need a scan.
+``COMPLETED_TTL_SECONDS``):
+
+- a ``queued`` task on a single Redis: its status names its stream entry, which the script
+  deletes if the consumer group has not read it yet; once read, the task has started and the
+  cancel is refused. The worker reads without any further check.
+- a ``scheduled`` task: the script also sets the cancel marker (kept until the task would
+  have been due, plus the retention); the promoter drops the task instead of moving it to its
+  stream (a packed delayed-set member cannot be found without a scan).
+- on Redis Cluster, where the entry may live in another slot than the status, the status and
+  the marker are what the worker's start gate checks before it runs a task.
 
 Used by ``streamworker cancel`` and ``POST /api/v1/tasks/{task_id}/cancel``.
 """
@@ -49,15 +55,33 @@ class CancelResult:
     def cancelled(self) -> bool:
         return self.outcome in (CancelOutcome.CANCELLED, CancelOutcome.ALREADY_CANCELLED)
 
+    @property
+    def refusal(self) -> str:
+        """Why a conflict was refused, for the caller (API detail, CLI error)."""
+        if self.state == "queued":
+            # Its status does not say where its entry is (published by an earlier version).
+            return (
+                f"task {self.task_id} is queued, but where its entry is was not recorded: "
+                "whether it has started cannot be told, so it is not cancelled"
+            )
+        return (
+            f"task {self.task_id} is {self.state}: only queued or scheduled tasks can be cancelled"
+        )
+
 
 _SOURCE = (resources.files(__package__) / "scripts" / "cancel_task.lua").read_text()
 
 
 class TaskCanceller:
-    def __init__(self, redis: aioredis.Redis, keys: Keyspace, retention_seconds: int) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, keys: Keyspace, retention_seconds: int, *, group: str
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._retention = retention_seconds
+        # The workers' consumer group: whether a queued task's entry has been read is asked
+        # of it (single Redis; on a cluster the start gate decides).
+        self._group = None if keys.cluster else group
         # register_script sends EVALSHA and falls back to loading the script on NOSCRIPT (a
         # restarted Redis has forgotten it).
         self._script: Any = redis.register_script(_SOURCE)
@@ -70,9 +94,11 @@ class TaskCanceller:
         # reading it before the script is safe.
         scheduled = await self._redis.hget(status_key, "scheduled_for")
         marker_ttl = self._retention + max(0, math.ceil(_due(scheduled) - now))
+        args: list[Any] = [self._retention, marker_ttl, format_time(now)]
+        if self._group is not None:
+            args.append(self._group)
         outcome, state = await self._script(
-            keys=[status_key, self._keys.cancelled(task_id)],
-            args=[self._retention, marker_ttl, format_time(now)],
+            keys=[status_key, self._keys.cancelled(task_id)], args=args
         )
         result = CancelOutcome(_text(outcome))
         text = _text(state)

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from .keyspace import Keyspace
+from .wire import Delivery, format_time
 
 __all__ = ["STATES", "TERMINAL_STATES", "StatusStore", "TaskStatus"]
 
@@ -40,18 +41,31 @@ for i = 1, #KEYS do
 end
 return #KEYS
 """
-# The common write, tasks that completed, without a row per task: each hash holds everything
+# The common write, tasks that completed, without a row per task: the hash holds everything
 # else already (its first write set task_id, and a non-terminal state has no TTL to keep), so
-# only status and completed_at change, and a batch's completions share one completed_at (the
-# time the batch was put together, as a batch's reads share one started_at).
-# KEYS: status hashes. ARGV[1]: ttl (s), ARGV[2]: completed_at.
+# only status and the times change. A batch's completions share one completed_at (the time
+# the batch was put together), and the tasks of one read share their started_at (the read's
+# time), so the keys come grouped by read. A hash that had no status (an entry that named its
+# own task_id without being published through us) is reported, for its other fields to be
+# written from its entry (``Broker.settle``).
+# KEYS: status hashes. ARGV[1]: ttl (s), ARGV[2]: completed_at, then per group of KEYS in
+# order: its number of keys, its started_at. Returns the (1-based) indices of new hashes.
 _COMPLETED_SCRIPT = """
 local ttl, at = ARGV[1], ARGV[2]
-for i = 1, #KEYS do
-  redis.call('HSET', KEYS[i], 'status', 'completed', 'completed_at', at)
-  redis.call('EXPIRE', KEYS[i], ttl)
+local new, k = {}, 0
+for g = 3, #ARGV, 2 do
+  local started = ARGV[g + 1]
+  for _ = 1, tonumber(ARGV[g]) do
+    k = k + 1
+    local key = KEYS[k]
+    if redis.call('HSET', key, 'status', 'completed', 'completed_at', at,
+        'started_at', started) == 3 then
+      new[#new + 1] = k
+    end
+    redis.call('EXPIRE', key, ttl)
+  end
 end
-return #KEYS
+return new
 """
 _rows_encoder = msgspec.msgpack.Encoder()
 
@@ -111,17 +125,46 @@ class StatusStore:
             records.append((task_id, row))
         self._queue_rows(pipe, records)
 
-    def write_completed(self, pipe: Any, task_ids: Sequence[str], completed_at: str) -> None:
-        """Queue ``completed`` (at ``completed_at``) for tasks whose hashes their earlier
-        writes made: one script call for them all (per partition on a cluster). Leaves what
-        :meth:`write` would, except that ``task_id`` is not written again."""
-        if not (self.enabled and task_ids):
-            return
-        for keys, _ in self._key_groups(task_ids):
+    def write_completed(
+        self, pipe: Any, completed: Mapping[str, Delivery], completed_at: str
+    ) -> list[str]:
+        """Queue ``completed`` (at ``completed_at``) for the tasks of ``completed`` (task id:
+        its delivery, whose read time is its ``started_at``): one script call for them all
+        (per partition on a cluster). Leaves what :meth:`write` would, except that
+        ``task_id`` is not written again. Returns the task ids in the order the single
+        call's keys take (the script reports new hashes by position), or [] when nothing
+        was queued or the call is split (cluster)."""
+        if not (self.enabled and completed):
+            return []
+        by_read: dict[float, list[str]] = {}
+        for task_id, delivery in completed.items():
+            group = by_read.get(delivery.read_at)
+            if group is None:
+                by_read[delivery.read_at] = [task_id]
+            else:
+                group.append(task_id)
+        order: list[str] = []
+        counts: list[int | str] = []
+        for read_at, task_ids in by_read.items():
+            order += task_ids
+            counts += (len(task_ids), format_time(read_at))
+        groups = self._key_groups(order)
+        if len(groups) == 1:
+            keys = groups[0][0]
             # execute_command: redis-py's cluster pipeline refuses the eval method, not EVAL
             pipe.execute_command(
-                "EVAL", _COMPLETED_SCRIPT, len(keys), *keys, self._ttl, completed_at
+                "EVAL", _COMPLETED_SCRIPT, len(keys), *keys, self._ttl, completed_at, *counts
             )
+            return order
+        for keys, members in groups:
+            started = [format_time(completed[order[i]].read_at) for i in members]
+            args: list[int | str] = []
+            for value in started:  # one group per key: a cluster's tasks keep their gate rows
+                args += (1, value)
+            pipe.execute_command(
+                "EVAL", _COMPLETED_SCRIPT, len(keys), *keys, self._ttl, completed_at, *args
+            )
+        return []
 
     def _queue_rows(self, pipe: Any, records: Sequence[tuple[str, list[str | int]]]) -> None:
         """One ``_WRITE_MANY_SCRIPT`` call per slot group for ``(task_id, row)``s."""

@@ -70,6 +70,7 @@ class Delivery:
         "fields",
         "gated",
         "read_at",
+        "task",
     )
 
     def __init__(
@@ -87,6 +88,9 @@ class Delivery:
         self.deliveries = deliveries  # Redis's delivery count, this delivery included
         self.cancelled = False  # its task was cancelled before it started
         self.gated = False  # passed the start gate (see Broker.begin)
+        #: The task while its handler runs (set and cleared by the runner), for the writer
+        #: of ``running`` statuses (``worker/leases.py``); it clears it once written.
+        self.task: Task | None = None
 
     @property
     def task_id_field(self) -> bytes | None:

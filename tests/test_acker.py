@@ -9,9 +9,15 @@ import anyio
 import pytest
 
 from streamworker.broker import Settlement
+from streamworker.wire import Delivery
 from streamworker.worker.acker import Acker
 
 pytestmark = pytest.mark.anyio
+
+
+def _d(family_index: int, entry_id: bytes) -> Delivery:
+    """A delivery as the reader makes one (what a completion carries: its read time)."""
+    return Delivery(family_index, entry_id, {b"task_id": b"t"}, 1_700_000_000.0)
 
 
 class _Broker:
@@ -34,7 +40,7 @@ async def test_a_full_queue_makes_runners_wait_and_nothing_is_lost() -> None:
     order: list[str] = []
 
     async def runner(n: int) -> None:
-        await acker.complete(0, f"{n}-0".encode(), f"t{n}")
+        await acker.complete(_d(0, f"{n}-0".encode()), f"t{n}")
 
     async with anyio.create_task_group() as tg:
         await tg.start(acker.run)
@@ -60,7 +66,7 @@ async def test_a_full_queue_makes_runners_wait_and_nothing_is_lost() -> None:
     assert order == ["op", "done"]
     assert acker.finished.is_set()
     with pytest.raises(anyio.ClosedResourceError):
-        await acker.complete(0, b"11-0", "t11")
+        await acker.complete(_d(0, b"11-0"), "t11")
 
 
 def _op(order: list[str]) -> Any:
@@ -78,16 +84,16 @@ async def test_complete_nowait_queues_when_there_is_room_and_refuses_when_full()
     acker = Acker(broker, capacity=3)  # type: ignore[arg-type]
     async with anyio.create_task_group() as tg:
         await tg.start(acker.run)
-        assert acker.complete_nowait(0, b"0-0", "t0")
+        assert acker.complete_nowait(_d(0, b"0-0"), "t0")
         await anyio.wait_all_tasks_blocked()  # the acker holds entry 0, blocked in settle
-        assert [acker.complete_nowait(0, f"{n}-0".encode(), f"t{n}") for n in (1, 2, 3, 4)] == [
+        assert [acker.complete_nowait(_d(0, f"{n}-0".encode()), f"t{n}") for n in (1, 2, 3, 4)] == [
             True,
             True,
             True,
             False,
         ]
         assert len(acker._queue) == 3
-        tg.start_soon(acker.complete, 0, b"4-0", "t4")  # what the runner does then
+        tg.start_soon(acker.complete, _d(0, b"4-0"), "t4")  # what the runner does then
         await anyio.wait_all_tasks_blocked()
         broker.gate.set()
         await anyio.wait_all_tasks_blocked()
@@ -103,16 +109,16 @@ async def test_a_read_takes_what_is_queued_up_to_an_in_order_operation() -> None
     acker = Acker(broker, capacity=100)  # type: ignore[arg-type]
     assert acker.take_for_read() is None  # nothing queued
     for n in range(3):
-        assert acker.complete_nowait(0, f"{n}-0".encode(), f"t{n}")
+        assert acker.complete_nowait(_d(0, f"{n}-0".encode()), f"t{n}")
     order: list[str] = []
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: acker.run_in_order(_op(order), what="test"))
         await anyio.wait_all_tasks_blocked()  # queued behind the three, not run
-        assert acker.complete_nowait(0, b"3-0", "t3")
+        assert acker.complete_nowait(_d(0, b"3-0"), "t3")
         settlement = acker.take_for_read()
         assert settlement is not None
         assert settlement.acks == {0: [b"0-0", b"1-0", b"2-0"]}
-        assert settlement.completed == ["t0", "t1", "t2"] and settlement.writes == []
+        assert list(settlement.completed) == ["t0", "t1", "t2"] and settlement.writes == []
         assert acker.take_for_read() is None  # one batch on its way at a time
 
         # While the read carries them, the acker sends nothing of its own (order), ...
@@ -135,10 +141,10 @@ async def test_what_a_failed_read_carried_goes_back_to_the_front_of_the_queue() 
     acker = Acker(broker, capacity=100)  # type: ignore[arg-type]
     acker.reads_settle = True
     for n in range(3):
-        acker.complete_nowait(0, f"{n}-0".encode(), f"t{n}")
+        acker.complete_nowait(_d(0, f"{n}-0".encode()), f"t{n}")
     settlement = acker.take_for_read()
     assert settlement is not None
-    acker.complete_nowait(0, b"3-0", "t3")
+    acker.complete_nowait(_d(0, b"3-0"), "t3")
     async with anyio.create_task_group() as tg:
         await tg.start(acker.run)
         await anyio.wait_all_tasks_blocked()
@@ -156,9 +162,9 @@ async def test_a_batch_writes_each_task_once_and_completions_share_one_time() ->
     # another write in the same batch gets one merged write, its last state winning.
     acker = Acker(_Broker(), capacity=100)  # type: ignore[arg-type]
     acker.note_status("raw", "running", {"started_at": "S"})  # a raw entry's first status
-    acker.complete_nowait(0, b"1-0", "raw")
-    acker.complete_nowait(0, b"2-0", "plain")
-    acker.complete_nowait(1, b"3-0", "again")
+    acker.complete_nowait(_d(0, b"1-0"), "raw")
+    acker.complete_nowait(_d(0, b"2-0"), "plain")
+    acker.complete_nowait(_d(1, b"3-0"), "again")
     acker.note_status("again", "running", {"started_at": "S2"})  # delivered once more
     await acker.discard(0, b"4-0")  # acknowledged, no status
     settlement = acker.take_for_read()
@@ -166,7 +172,7 @@ async def test_a_batch_writes_each_task_once_and_completions_share_one_time() ->
     at = settlement.completed_at
     assert at.endswith("Z") and len(at) == len("2026-11-23T00:00:00.000Z")
     assert settlement.acks == {0: [b"1-0", b"2-0", b"4-0"], 1: [b"3-0"]}
-    assert settlement.completed == ["plain"]
+    assert list(settlement.completed) == ["plain"]
     assert settlement.writes == [
         ("raw", "completed", {"started_at": "S", "completed_at": at}),
         ("again", "running", {"completed_at": at, "started_at": "S2"}),

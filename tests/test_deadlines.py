@@ -98,6 +98,8 @@ async def test_a_stop_is_not_counted_as_a_timeout(
     task_id = await producer.publish("long", {})
     async with running_worker(settings, registry) as worker:
         await started.wait()
+        # 'running' once it has run for a while (leases.RUNNING_AFTER_SECONDS)
+        await wait_for(lambda: status_is(redis, settings, task_id, "running"))
     # Cut off by the shutdown grace: left pending and 'running' for the next consumer, not
     # retried or dead-lettered as a timeout.
     assert worker.watchdog.expired == 0

@@ -249,7 +249,7 @@ async def test_the_first_status_holds_the_fields_the_contract_shows(
 ) -> None:
     # On a single Redis the publish script writes the first status from the entry's own
     # fields (by position as the producer builds them, else by name): the same row the
-    # cluster path writes from the publisher's copy.
+    # cluster path writes from the publisher's copy, plus the entry's place.
     producer = Producer(
         redis, keys=Keyspace(settings.prefix), hooks=[_Reorder()] if reorder else []
     )
@@ -261,18 +261,22 @@ async def test_the_first_status_holds_the_fields_the_contract_shows(
     ]
     ids = await producer.publish_many(specs)
     entries = {
-        fields[b"task_id"].decode(): fields
+        fields[b"task_id"].decode(): (keys.family(priority).stream, entry_id, fields)
         for priority in ("high", "normal")
-        for _, fields in await redis.xrange(keys.family(priority).stream)
+        for entry_id, fields in await redis.xrange(keys.family(priority).stream)
     }
     for task_id, spec in zip(ids, specs, strict=True):
+        stream, entry_id, fields = entries[task_id]
         expected = {
             "status": "queued",
             "task_id": task_id,
             "task_type": "note",
             "priority": spec.priority,
-            "created_at": entries[task_id][b"created_at"].decode(),
+            "created_at": fields[b"created_at"].decode(),
             "retry_count": "0",
+            # where its entry is, for a cancel to delete it while it is unread
+            "stream": stream,
+            "entry_id": entry_id.decode(),
         }
         if spec.scheduled_for:
             expected["scheduled_for"] = past

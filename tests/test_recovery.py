@@ -3,6 +3,7 @@ renewal of long handlers, the delivery-count reaper, consumer hygiene and cancel
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import anyio
@@ -13,6 +14,7 @@ from streamworker import Producer, Registry, Settings, TaskContext, TaskSpec
 from streamworker.broker import Broker, Settlement
 from streamworker.keyspace import Keyspace, StreamFamily
 from streamworker.status import StatusStore
+from streamworker.wire import Delivery, format_time, pack_fields
 from tests.conftest import dead_letters, pending_is, running_worker, status_is, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -202,16 +204,31 @@ async def test_idle_consumers_without_pending_entries_are_removed_others_kept(
     await producer.aclose()
 
 
-async def test_a_cancelled_task_is_not_run(settings: Settings, redis: aioredis.Redis) -> None:
+async def test_cancelled_tasks_never_reach_a_worker(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # On a single Redis a cancel deletes a queued task's unread entry, and the promoter drops
+    # a cancelled scheduled task (by its status, or by its marker once the status expired):
+    # the worker reads without a start gate and never sees them.
+    from streamworker.cancel import CancelOutcome, TaskCanceller
+
     keys = Keyspace(settings.prefix)
+    settings = settings.with_overrides(promote_interval_seconds=0.05)
     producer = Producer.from_settings(settings)
-    kept, cancelled = await producer.publish_many(
-        [TaskSpec(task_type="job", payload={}), TaskSpec(task_type="job", payload={})]
+    kept, queued, later, expired = await producer.publish_many(
+        [
+            TaskSpec(task_type="job", payload={}),
+            TaskSpec(task_type="job", payload={}),
+            TaskSpec(task_type="job", payload={}, delay=0.3),
+            TaskSpec(task_type="job", payload={}, delay=0.3),
+        ]
     )
-    # What a cancel does (the cancel service sets the status too): the marker is what the
-    # worker checks before starting.
-    await redis.set(keys.cancelled(cancelled), "1", ex=60)
-    await redis.hset(keys.status(cancelled), "status", "cancelled")
+    canceller = TaskCanceller(redis, keys, settings.completed_ttl_seconds, group=settings.group)
+    for task_id in (queued, later, expired):
+        assert (await canceller.cancel(task_id)).outcome is CancelOutcome.CANCELLED
+    stream = keys.family("normal").stream
+    assert await redis.xlen(stream) == 1  # the queued one's entry is gone already
+    await redis.delete(keys.status(expired))  # its marker alone says it was cancelled
     ran: list[str] = []
     registry = Registry()
 
@@ -219,104 +236,145 @@ async def test_a_cancelled_task_is_not_run(settings: Settings, redis: aioredis.R
     async def job(payload: dict[str, Any], ctx: TaskContext) -> None:
         ran.append(ctx.task_id)
 
-    stream = keys.family("normal").stream
-    async with running_worker(settings, registry):
+    async with running_worker(settings, registry) as worker:
         await wait_for(lambda: status_is(redis, settings, kept, "completed"))
+        await wait_for(lambda: _zcard_is(redis, keys.family("normal").delayed, 0))
         await wait_for(lambda: pending_is(redis, stream, settings.group, 0))
+        assert worker.reader.read_count == 1
     assert ran == [kept]
-    assert await redis.xlen(stream) == 0  # acknowledged and deleted, not left behind
-    assert await status_is(redis, settings, cancelled, "cancelled")
+    assert await redis.xlen(stream) == 0
+    for task_id in (queued, later):
+        assert await status_is(redis, settings, task_id, "cancelled")
     await producer.aclose()
 
 
-@pytest.mark.parametrize("gate_in_read", [False, True], ids=["begin", "read"])
-async def test_the_start_gate_and_a_cancel_cannot_both_win(
-    settings: Settings, redis: aioredis.Redis, gate_in_read: bool
+async def _zcard_is(redis: aioredis.Redis, key: str, n: int) -> bool:
+    return int(await redis.zcard(key)) == n
+
+
+async def test_a_cancel_and_a_read_cannot_both_win(
+    settings: Settings, redis: aioredis.Redis
 ) -> None:
-    # Once the worker's gate has marked a task running, a cancel is refused (409 over HTTP);
-    # a cancel that came first makes the gate skip the task. Never both.
+    # A cancel that comes first deletes the unread entry, so no read can return it; once a
+    # read has returned an entry (pending), a cancel is refused (409 over HTTP). Never both.
     from streamworker.cancel import CancelOutcome, TaskCanceller
 
     producer = Producer.from_settings(settings)
-    first, second = await producer.publish_many(
-        [TaskSpec(task_type="job", payload={}), TaskSpec(task_type="job", payload={})]
+    first, second, third = await producer.publish_many(
+        [TaskSpec(task_type="job", payload={}) for _ in range(3)]
     )
     # The broker alone, as the reader uses it (a running worker would race us for the batch).
-    keys, broker, family, index = await _broker_on_normal(settings, redis)
-    canceller = TaskCanceller(redis, keys, settings.completed_ttl_seconds)
+    keys, broker, _, index = await _broker_on_normal(settings, redis)
+    canceller = TaskCanceller(redis, keys, settings.completed_ttl_seconds, group=settings.group)
     assert (await canceller.cancel(second)).outcome is CancelOutcome.CANCELLED
-    at = "2026-01-01T00:00:00.000Z"
-    deliveries = await broker.read(
-        settings.consumer, 2, [index], [2], [">"], gate_at=at if gate_in_read else None
-    )
-    assert [d.entry_id for d in deliveries] == [e for e, _ in await redis.xrange(family.stream)]
-    # Gated by the read's own script on one Redis, else by begin's.
-    assert await broker.begin(deliveries, at) == (0 if gate_in_read else 1)
-    assert all(d.gated for d in deliveries)
-    assert [d.cancelled for d in deliveries] == [False, True]
+    assert (await canceller.cancel(second)).outcome is CancelOutcome.ALREADY_CANCELLED
+    deliveries = await broker.read(settings.consumer, 1, [index], [1], [">"])
+    assert [d.task_id_field for d in deliveries] == [first.encode()]
     late = await canceller.cancel(first)
     assert late.outcome is CancelOutcome.CONFLICT and late.state == "running"
+    assert await status_is(redis, settings, first, "queued")  # written by its outcome
+    # Settled: the entry is gone, and a cancel still finds it too late.
+    await broker.settle(Settlement({index: [deliveries[0].entry_id]}, [], {first: deliveries[0]}))
     status = await producer.status.read(redis, first)
-    assert status is not None and status.started_at == "2026-01-01T00:00:00.000Z"
+    assert status is not None and status.status == "completed"
+    assert status.started_at == format_time(deliveries[0].read_at)
+    assert (await canceller.cancel(first)).state == "completed"
+    rest = await broker.read(settings.consumer, 5, [index], [5], [">"])
+    assert [d.task_id_field for d in rest] == [third.encode()]
     await producer.aclose()
 
 
-async def test_the_gate_in_the_read_writes_what_begin_writes(
+async def test_a_queued_status_without_its_entry_place_is_not_cancelled(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
-    # Raw entries (no status hash yet): with a task_id, without one, one naming a
-    # scheduled_for time (not gated by the read: begin checks whether it is due), and one
-    # naming fields twice (the last value counts, as in the worker's field dict).
+    # A status written by an earlier version does not say where the entry is: whether it was
+    # read cannot be told, so the cancel is refused and says why; the entry runs.
+    from streamworker.cancel import CancelOutcome, TaskCanceller
+
+    keys = Keyspace(settings.prefix)
+    producer = Producer.from_settings(settings)
+    task_id = await producer.publish("job", {})
+    await redis.hdel(keys.status(task_id), "stream", "entry_id")
+    canceller = TaskCanceller(redis, keys, settings.completed_ttl_seconds, group=settings.group)
+    result = await canceller.cancel(task_id)
+    assert result.outcome is CancelOutcome.CONFLICT and result.state == "queued"
+    assert "where its entry is was not recorded" in result.refusal
+    assert await redis.xlen(keys.family("normal").stream) == 1
+    await producer.aclose()
+
+
+async def test_a_promoted_scheduled_task_can_still_be_cancelled_until_read(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # Promotion turns 'scheduled' into 'queued' with the new entry's place; a retry waiting
+    # out its backoff keeps 'retrying' (a retry is not cancellable).
+    from streamworker.cancel import CancelOutcome, TaskCanceller
+
+    keys, broker, family, _ = await _broker_on_normal(settings, redis)
+    producer = Producer.from_settings(settings)
+    parked = await producer.publish("job", {}, delay=0.05)
+    assert await status_is(redis, settings, parked, "scheduled")
+    await redis.zadd(family.delayed, {pack_fields({"task_id": "r1", "task_type": "job"}): 1})
+    await redis.hset(keys.status("r1"), mapping={"status": "retrying", "task_id": "r1"})
+    await anyio.sleep(0.1)
+    assert await broker.promote_due(int(time.time() * 1000)) == 2
+    entries = {f[b"task_id"].decode(): i for i, f in await redis.xrange(family.stream)}
+    row = await redis.hgetall(keys.status(parked))
+    assert row[b"status"] == b"queued" and row[b"entry_id"] == entries[parked]
+    assert row[b"stream"] == family.stream.encode()
+    assert await status_is(redis, settings, "r1", "retrying")
+    canceller = TaskCanceller(redis, keys, settings.completed_ttl_seconds, group=settings.group)
+    assert (await canceller.cancel(parked)).outcome is CancelOutcome.CANCELLED
+    assert (await canceller.cancel("r1")).outcome is CancelOutcome.CONFLICT
+    assert [f[b"task_id"] for _, f in await redis.xrange(family.stream)] == [b"r1"]
+    assert await redis.xlen(family.stream) == 1
+    await producer.aclose()
+
+
+async def test_the_gate_writes_running_rows_for_raw_entries(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # The start gate (Redis Cluster; here on one node, which it works on as well): raw
+    # entries (no status hash yet) with a task_id, without one, one naming a scheduled_for
+    # time in the past, and one naming fields twice (the last value counts, as in the
+    # worker's field dict).
     keys = Keyspace(settings.prefix)
     status = StatusStore(keys, settings.completed_ttl_seconds)
     stream = keys.family("high").stream
     index = keys.families.index(keys.family("high"))
-    entries = [
+    broker = Broker(redis, keys, settings.group, status=status)
+    await broker.load_scripts()
+    await broker.ensure_groups()
+    for fields in (
         {"task_id": "raw-1", "task_type": "job", "payload": "{}",
          "created_at": "2026-01-01T00:00:00Z"},
         {"task_type": "job", "payload": "{}"},
         {"task_id": "raw-3", "task_type": "job", "payload": "{}", "retry_count": "2",
          "scheduled_for": "2020-01-01T00:00:00Z"},
-    ]  # fmt: skip
+    ):  # fmt: skip
+        await redis.xadd(stream, fields)  # type: ignore[arg-type]
+    await redis.execute_command(
+        "XADD", stream, "*", "task_id", "raw-4", "task_type", "old", "payload", "{}",
+        "retry_count", "1", "task_type", "job", "retry_count", "3",
+    )  # fmt: skip
     at = "2026-01-02T00:00:00.000Z"
-    rows = []
-    for gate_in_read in (False, True):
-        await redis.flushdb()
-        broker = Broker(redis, keys, settings.group, status=status)
-        await broker.load_scripts()
-        await broker.ensure_groups()
-        for fields in entries:
-            await redis.xadd(stream, fields)  # type: ignore[arg-type]
-        await redis.execute_command(
-            "XADD", stream, "*", "task_id", "raw-4", "task_type", "old", "payload", "{}",
-            "retry_count", "1", "task_type", "job", "retry_count", "3",
-        )  # fmt: skip
-        deliveries = await broker.read(
-            settings.consumer, 4, [index], [4], [">"], gate_at=at if gate_in_read else None
-        )
-        assert [d.gated for d in deliveries] == (
-            [True, True, False, True] if gate_in_read else [False, False, False, False]
-        )
-        await broker.begin(deliveries, at)
-        assert all(d.gated or not d.task_id_field for d in deliveries)
-        assert not any(d.cancelled for d in deliveries)
-        rows.append([await redis.hgetall(keys.status(i)) for i in ("raw-1", "raw-3", "raw-4")])
-        assert await redis.ttl(keys.status("raw-1")) == -1
-    assert rows[0] == rows[1]
-    assert rows[1][0][b"status"] == b"running" and rows[1][0][b"started_at"] == at.encode()
-    assert rows[1][0][b"priority"] == b"high" and rows[1][0][b"retry_count"] == b"0"
-    assert rows[1][1][b"retry_count"] == b"2"  # due already: begin marked it running
-    assert rows[1][2][b"task_type"] == b"job" and rows[1][2][b"retry_count"] == b"3"
+    deliveries = await broker.read(settings.consumer, 4, [index], [4], [">"])
+    await broker.begin(deliveries, at)
+    assert all(d.gated or not d.task_id_field for d in deliveries)
+    assert not any(d.cancelled for d in deliveries)
+    rows = [await redis.hgetall(keys.status(i)) for i in ("raw-1", "raw-3", "raw-4")]
+    assert await redis.ttl(keys.status("raw-1")) == -1
+    assert rows[0][b"status"] == b"running" and rows[0][b"started_at"] == at.encode()
+    assert rows[0][b"priority"] == b"high" and rows[0][b"retry_count"] == b"0"
+    assert rows[1][b"retry_count"] == b"2"  # due already: begin marked it running
+    assert rows[2][b"task_type"] == b"job" and rows[2][b"retry_count"] == b"3"
 
 
-@pytest.mark.parametrize("gate_in_read", [False, True], ids=["begin", "read"])
-async def test_the_gate_reads_the_status_first(
-    settings: Settings, redis: aioredis.Redis, gate_in_read: bool
-) -> None:
+async def test_the_gate_reads_the_status_first(settings: Settings, redis: aioredis.Redis) -> None:
     # A status says whether the task was cancelled; only a task without one (its hash
     # expired while it waited) has its cancel marker looked up. A repeated delivery of a
     # task that already finished loses the terminal state's TTL when it is marked running;
-    # a queued task never had one.
+    # a queued task never had one. (The cluster's cancel marks these and leaves the entry.)
     keys = Keyspace(settings.prefix)
     producer = Producer.from_settings(settings)
     queued, cancelled, expired, finished = await producer.publish_many(
@@ -329,9 +387,7 @@ async def test_the_gate_reads_the_status_first(
     await redis.expire(keys.status(finished), 60)
     _, broker, _, index = await _broker_on_normal(settings, redis)
     at = "2026-01-01T00:00:00.000Z"
-    deliveries = await broker.read(
-        settings.consumer, 4, [index], [4], [">"], gate_at=at if gate_in_read else None
-    )
+    deliveries = await broker.read(settings.consumer, 4, [index], [4], [">"])
     await broker.begin(deliveries, at)
     assert [d.cancelled for d in deliveries] == [False, True, True, False]
     for task_id in (queued, finished):
@@ -343,16 +399,50 @@ async def test_the_gate_reads_the_status_first(
     await producer.aclose()
 
 
-async def test_an_idempotent_publish_writes_its_status_with_the_entry(
+async def test_long_tasks_show_running_and_raw_entries_get_their_whole_status(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
+    # Without a start gate, 'running' is written for a task that has run for a while (short
+    # ones go from 'queued' to their outcome, which carries started_at). An entry naming its
+    # own task_id with no status yet gets the fields the publish would have written.
+    keys = Keyspace(settings.prefix)
+    release = anyio.Event()
+    registry = Registry()
+
+    @registry.handler("job")
+    async def job(payload: dict[str, Any], ctx: TaskContext) -> None:
+        if payload.get("slow"):
+            await release.wait()
+
     producer = Producer.from_settings(settings)
-    task_id = await producer.publish("job", {}, idempotency_key="order-1")
-    again = await producer.publish("job", {}, idempotency_key="order-1")
-    assert again == task_id
-    status = await producer.status.read(redis, task_id)
-    assert status is not None and status.status == "queued" and status.task_type == "job"
-    assert await redis.ttl(Keyspace(settings.prefix).status(task_id)) == -1
+    slow = await producer.publish("job", {"slow": True}, priority="high")
+    stream = keys.family("low").stream
+    await redis.xadd(
+        stream,
+        {
+            "task_id": "raw-1",
+            "task_type": "job",
+            "payload": "{}",
+            "created_at": "2026-01-01T00:00:00Z",
+        },
+    )
+    async with running_worker(settings, registry) as worker:
+        await wait_for(lambda: status_is(redis, settings, "raw-1", "completed"))
+        await wait_for(lambda: status_is(redis, settings, slow, "running"))
+        running = await producer.status.read(redis, slow)
+        assert running is not None and running.started_at and running.task_type == "job"
+        release.set()
+        await wait_for(lambda: status_is(redis, settings, slow, "completed"))
+        assert worker.running_status is not None and worker.running_status.written == 1
+    done = await producer.status.read(redis, slow)
+    assert done is not None and done.started_at == running.started_at and done.completed_at
+    raw = await producer.status.read(redis, "raw-1")
+    assert raw is not None
+    assert (raw.task_type, raw.priority, raw.created_at, raw.retry_count) == (
+        "job", "low", "2026-01-01T00:00:00Z", 0,
+    )  # fmt: skip
+    assert raw.started_at and raw.completed_at
+    assert await redis.ttl(keys.status("raw-1")) > 0
     await producer.aclose()
 
 
@@ -397,9 +487,21 @@ async def test_settling_removes_the_acknowledged_entries_and_no_other(
 
     rest = [d.entry_id for d in await broker.read(settings.consumer, 20, [index], [20], [">"])]
     await redis.script_flush()  # Redis lost its scripts (a restart): settling loads them again
-    await broker.settle(Settlement({index: rest[:3]}, [], ["t1"], "2026-11-23T00:00:00.000Z"))
+    done = Delivery(index, rest[0], {b"task_id": b"t1", b"task_type": b"job"}, 1.8e9)
+    settlement = Settlement({index: rest[:3]}, [], {"t1": done}, "2026-11-23T00:00:00.000Z")
+    await broker.settle(settlement)
     assert await left() == rest[3:]
-    assert await redis.hget(keys.status("t1"), "status") == b"completed"
+    row = await redis.hgetall(keys.status("t1"))
+    assert row[b"status"] == b"completed" and row[b"started_at"] == format_time(1.8e9).encode()
+    # No status before (a raw entry's own task_id): the rest, from the entry, for the acker.
+    assert settlement.new_statuses == ["t1"]
+    assert broker.new_status_rows(settlement) == [
+        (
+            "t1",
+            "completed",
+            {"task_type": "job", "priority": "normal", "created_at": None, "retry_count": "0"},
+        )
+    ]
     await broker.settle(Settlement({index: rest[3:]}))  # the last delivered one goes too
     assert await left() == []
     assert await pending_ids(redis, family.stream, settings.group) == []
@@ -424,12 +526,14 @@ async def test_a_read_carries_the_previous_batch_acks_and_statuses(
 
     first = await read(None)
     at = "2026-11-23T00:00:00.000Z"
-    settle = Settlement({index: first}, [], ["t1"], at)
+    done = Delivery(index, first[0], {b"task_id": b"t1", b"task_type": b"job"}, 1.8e9)
+    settle = Settlement({index: first}, [], {"t1": done}, at)
     second = await read(settle)
     assert settle.done
     assert len(second) == 2 and not set(first) & set(second)
     assert await pending_ids(redis, family.stream, settings.group) == second
     assert await redis.hget(keys.status("t1"), "status") == b"completed"
+    assert settle.new_statuses == ["t1"]  # for the acker to write the rest
 
     await redis.script_flush()  # Redis lost its scripts: loaded again, everything resent
     settle = Settlement({index: second})
@@ -438,7 +542,7 @@ async def test_a_read_carries_the_previous_batch_acks_and_statuses(
     assert await pending_ids(redis, family.stream, settings.group) == third
 
     await redis.set(keys.status("t2"), "not a hash")  # a status write Redis refuses
-    settle = Settlement({index: third}, [], ["t2"], at)
+    settle = Settlement({index: third}, [], {"t2": done}, at)
     assert await read(settle) == []  # nothing left to read; the read itself went through
     assert not settle.done  # so the acker sends this batch again on its own
     assert await pending_ids(redis, family.stream, settings.group) == []  # acks ran first

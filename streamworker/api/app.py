@@ -111,7 +111,9 @@ def create_app(
             broker=Broker(client, keys, settings.group, status=status),
             producer=producer,
             status=status,
-            canceller=TaskCanceller(client, keys, settings.completed_ttl_seconds),
+            canceller=TaskCanceller(
+                client, keys, settings.completed_ttl_seconds, group=settings.group
+            ),
             dead_letters=DeadLetters(client, keys, settings.group, status=status),
             sampler=BacklogSampler(client, keys, settings.group, interval=sample_interval),
             registry=registry,

@@ -85,7 +85,9 @@ def cancel(
     async def go() -> CancelResult:
         redis = connect_to(settings)
         try:
-            canceller = TaskCanceller(redis, settings.keyspace(), settings.completed_ttl_seconds)
+            canceller = TaskCanceller(
+                redis, settings.keyspace(), settings.completed_ttl_seconds, group=settings.group
+            )
             return await canceller.cancel(task_id)
         finally:
             await redis.aclose()
@@ -95,7 +97,7 @@ def cancel(
     if result.outcome is CancelOutcome.UNKNOWN:
         fail(f"task {task_id} not found (unknown, or expired after its retention)")
     if result.outcome is CancelOutcome.CONFLICT:
-        fail(f"task {task_id} is {result.state}: only queued or scheduled tasks can be cancelled")
+        fail(result.refusal)
     if as_json:
         doc = {"task_id": task_id, "status": "cancelled", "cancelled": True}
         print(msgspec.json.encode(doc).decode())

@@ -4,8 +4,9 @@
 -- ARGV:  MessagePack array of entries, each a flat {field, value, ...} array of strings;
 --        optionally the status key prefix and the stream's priority (single Redis only, as the
 --        status keys are named by the entries): then each task's first status ('queued') is
---        written before its entry, from the entry's own fields and the priority
---        (CONTRACT.md §5).
+--        written with its entry, from the entry's own fields and the priority (CONTRACT.md
+--        §5), along with where the entry is ('stream', 'entry_id'): a cancel deletes the
+--        entry from there while it is unread (cancel_task.lua).
 -- The producer puts those fields first, in this order: task_id, task_type, payload,
 -- created_at, then scheduled_for when there is one (it writes no priority, which the stream
 -- says, and no retry_count, absent on a first publish). They are read by
@@ -17,17 +18,20 @@ local status_prefix = ARGV[2]
 local priority = ARGV[3]
 local kept = {task_type = true, created_at = true, scheduled_for = true}
 
--- The first status of entry e, written to key; returns whether the hash is new.
-local function write_status(key, e)
+-- The first status of entry e, added as id, written to key; returns whether the hash is new.
+local function write_status(key, e, id)
   if e[1] == 'task_id' and e[3] == 'task_type' and e[7] == 'created_at' then
     if e[9] == 'scheduled_for' then
       return redis.call('HSET', key, 'status', 'queued', 'task_id', e[2], 'task_type', e[4],
-        'priority', priority, 'created_at', e[8], 'retry_count', '0', 'scheduled_for', e[10]) == 7
+        'priority', priority, 'created_at', e[8], 'retry_count', '0', 'scheduled_for', e[10],
+        'stream', KEYS[1], 'entry_id', id) == 9
     end
     return redis.call('HSET', key, 'status', 'queued', 'task_id', e[2], 'task_type', e[4],
-      'priority', priority, 'created_at', e[8], 'retry_count', '0') == 6
+      'priority', priority, 'created_at', e[8], 'retry_count', '0',
+      'stream', KEYS[1], 'entry_id', id) == 8
   end
-  local row = {'status', 'queued', 'retry_count', '0', 'priority', priority}
+  local row = {'status', 'queued', 'retry_count', '0', 'priority', priority,
+    'stream', KEYS[1], 'entry_id', id}
   for j = 1, #e, 2 do
     if e[j] == 'task_id' or kept[e[j]] then
       row[#row + 1] = e[j]
@@ -50,13 +54,13 @@ end
 
 for i = 1, #entries do
   local e = entries[i]
+  local id = redis.call('XADD', KEYS[1], '*', unpack(e))
   if status_prefix then
     local key = status_prefix .. task_id_of(e)
-    if not write_status(key, e) then
+    if not write_status(key, e, id) then
       -- the id named an older task, whose hash may hold a terminal state's TTL
       redis.call('PERSIST', key)
     end
   end
-  redis.call('XADD', KEYS[1], '*', unpack(e))
 end
 return #entries

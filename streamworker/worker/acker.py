@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import anyio
 
 from ..broker import Broker, Settlement
-from ..wire import format_time
+from ..wire import Delivery, format_time
 from .retrying import until_done
 
 log = logging.getLogger("streamworker.worker")
@@ -36,8 +36,9 @@ T = TypeVar("T")
 
 # (family index or -1 for a status-only write, entry id, task id, state, status fields);
 # family index _IN_ORDER marks an operation to run in sequence (see ``run_in_order``). A
-# completion's fields are None: it is written completed at its batch's time.
-Item = tuple[int, bytes | None, str, str, dict[str, Any] | None]
+# completion carries its delivery instead of fields: it is written completed at its batch's
+# time, started at its read's time.
+Item = tuple[int, bytes | None, str, str, dict[str, Any] | Delivery]
 _IN_ORDER = -2
 
 
@@ -86,12 +87,12 @@ class Acker:
         """Acknowledge and delete an entry without writing any status."""
         await self._put((family_index, entry_id, "", "", {}))
 
-    async def complete(self, family_index: int, entry_id: bytes, task_id: str) -> None:
+    async def complete(self, delivery: Delivery, task_id: str) -> None:
         """Acknowledge and delete an entry whose task completed, and write its status
-        ``completed`` (at the time its batch is put together)."""
-        await self._put((family_index, entry_id, task_id, "completed", None))
+        ``completed`` (at the time its batch is put together; started when it was read)."""
+        await self._put((delivery.family_index, delivery.entry_id, task_id, "completed", delivery))
 
-    def complete_nowait(self, family_index: int, entry_id: bytes, task_id: str) -> bool:
+    def complete_nowait(self, delivery: Delivery, task_id: str) -> bool:
         """:meth:`complete` without waiting: False (and nothing queued) when the queue is
         full. The runner's common case, without the two coroutines ``complete`` costs (and
         with ``_put_nowait`` inline: this runs once a task)."""
@@ -100,7 +101,7 @@ class Acker:
             return False
         if self._closed:
             raise anyio.ClosedResourceError
-        queue.append((family_index, entry_id, task_id, "completed", None))
+        queue.append((delivery.family_index, delivery.entry_id, task_id, "completed", delivery))
         if self._wake_acker is not None:
             self._wake()
         return True
@@ -115,8 +116,8 @@ class Acker:
     async def run_in_order(self, op: Callable[[], Awaitable[T]], *, what: str) -> T:
         """Run ``op`` after every item queued before it has been written.
 
-        Retries and dead letters go through here, so a task's earlier status write ("running")
-        can never land after its final one.
+        Retries and dead letters go through here, so a task's earlier status write
+        ("running", for a long task) can never land after its final one.
         """
         done = anyio.Event()
         box: dict[str, Any] = {"op": op, "done": done, "what": what}
@@ -147,6 +148,7 @@ class Acker:
         self._sending = False
         if settlement.done:
             self.settled_with_reads += 1
+            self._write_new_statuses(settlement)
         else:
             self._queue.extendleft(reversed(settlement.items))
             self._wake()
@@ -228,31 +230,49 @@ class Acker:
         settlement = self._collect(batch)
         await until_done(lambda: self._broker.settle(settlement), what="ack", max_delay=2.0)
         self.flushed_batches += 1
+        self._write_new_statuses(settlement)
+
+    def _write_new_statuses(self, settlement: Settlement) -> None:
+        """Queue the rest of the fields of status hashes a completed write made (an entry
+        that named its own task_id without a status: see ``Broker.new_status_rows``)."""
+        if settlement.new_statuses:
+            for task_id, state, fields in self._broker.new_status_rows(settlement):
+                # even when closed: the acker sends what is queued before it returns
+                self._queue.append((-1, None, task_id, state, dict(fields)))
+            self._wake()
 
     def _collect(self, batch: list[Item]) -> Settlement:
         """The batch's entry ids per stream, the tasks that completed (written completed at
         one time, now), and one status write for each other task (merged)."""
         acks: dict[int, list[bytes]] = defaultdict(list)
-        completed: dict[str, None] = {}  # an ordered set
+        completed: dict[str, Delivery] = {}  # in order
         writes: dict[str, tuple[str, dict[str, Any]]] = {}
         statuses = self._statuses
         at = format_time(time.time())
-        for family_index, entry_id, task_id, state, fields in batch:
+        for family_index, entry_id, task_id, state, carried in batch:
             if entry_id is not None:
                 acks[family_index].append(entry_id)
             if not (task_id and statuses):
                 continue
-            if fields is None:
-                if task_id not in writes:
-                    completed[task_id] = None  # the common case: its only write here
+            previous = writes.get(task_id)
+            fields: dict[str, Any]
+            if isinstance(carried, Delivery):
+                if previous is None:
+                    completed[task_id] = carried  # the common case: its only write here
                     continue
                 fields = {"completed_at": at}
-            previous = writes.get(task_id)
+                if "started_at" not in previous[1]:  # else written when it started
+                    fields["started_at"] = format_time(carried.read_at)
+            else:
+                fields = carried
             if previous is None and task_id in completed:
                 # Written again after it completed, in the same batch (a repeated delivery
                 # started): the completion is merged into this write, in order.
-                del completed[task_id]
-                previous = ("completed", {"completed_at": at})
+                delivery = completed.pop(task_id)
+                previous = (
+                    "completed",
+                    {"completed_at": at, "started_at": format_time(delivery.read_at)},
+                )
             if previous is not None:
                 merged = dict(previous[1])
                 merged.update(fields)
@@ -261,7 +281,7 @@ class Acker:
         return Settlement(
             acks,
             [(task_id, state, fields) for task_id, (state, fields) in writes.items()],
-            list(completed),
+            completed,
             at,
             batch,
         )

@@ -228,7 +228,6 @@ class Reader:
                     order,
                     quotas,
                     start_ids,
-                    gate_at=format_time(time.time()) if self._check_cancelled else None,
                     settle=settle,
                 )
             finally:
@@ -250,9 +249,9 @@ class Reader:
         return deliveries
 
     async def _screen(self, deliveries: list[Delivery]) -> None:
-        """Flag cancelled tasks (those the read did not gate already). The entries are
-        already ours, so this must not give up."""
-        if self._check_cancelled and any(not d.gated for d in deliveries):
+        """Flag cancelled tasks and mark the others running (Redis Cluster: see
+        ``Broker.begin``). The entries are already ours, so this must not give up."""
+        if self._check_cancelled and deliveries:
             await until_done(
                 lambda: self._broker.begin(deliveries, format_time(time.time())),
                 what="cancel_check",

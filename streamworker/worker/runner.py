@@ -153,8 +153,9 @@ class Runner:
             self._outbox,
         )
         if self._status and delivery.fields.get(b"task_id") is None:  # task_id_field, inline
-            # Entries published with a task_id were marked running by the start gate
-            # (begin_batch.lua); a raw entry's derived id gets its status here.
+            # A raw entry's derived id gets its status here. Entries with a task_id are
+            # marked running once they have run for a while (leases.RunningStatus; on a
+            # cluster by the start gate, begin_batch.lua), and completed with started_at.
             self._acker.note_status(
                 task.task_id,
                 "running",
@@ -172,6 +173,7 @@ class Runner:
             tokens = self._hooks.before(task, now, enqueued_at)
         started = time.perf_counter()
         error: BaseException | None = None
+        delivery.task = task
         lane.arm(timeout)
         try:
             await spec.fn(payload, ctx)
@@ -183,19 +185,17 @@ class Runner:
             error = TaskTimeout(f"timed out after {timeout:g}s")
         finally:
             lane.disarm()
+            # Before any outcome is queued: a "running" written after it would undo it.
+            delivery.task = None
         duration = time.perf_counter() - started
 
         if error is None:
-            if not self._acker.complete_nowait(
-                delivery.family_index, delivery.entry_id, task.task_id
-            ):
+            if not self._acker.complete_nowait(delivery, task.task_id):
                 # The acker is behind (Redis is not taking acks): wait for room. If the
                 # handler timed out just as it returned, it counts as done (as with a per-task
                 # scope), but the lane's scope is cancelled, so the wait must be shielded.
                 with anyio.CancelScope(shield=lane.expired):
-                    await self._acker.complete(
-                        delivery.family_index, delivery.entry_id, task.task_id
-                    )
+                    await self._acker.complete(delivery, task.task_id)
             end = TaskEnd(_COMPLETED, duration)
         elif isinstance(error, Defer):
             await self._defer(delivery, task, time.time() + error.after)

@@ -25,7 +25,7 @@ from .acker import Acker
 from .deadlines import Watchdog
 from .handoff import Handoff
 from .janitor import Janitor
-from .leases import Leases
+from .leases import Leases, RunningStatus
 from .promoter import Promoter
 from .reader import Reader, Slots
 from .recoverer import Recoverer
@@ -79,6 +79,9 @@ class Worker:
                 [index[f.stream] for f in self.keys.partition_families(p)]
                 for p in range(self.keys.partitions)
             ]
+        # The start gate (cancel check and ``running``) only on a cluster: on a single Redis a
+        # cancel deletes the unread entry itself, and ``running`` is written by the acker.
+        gate = settings.track_status and self.keys.cluster
         self.readers = [
             Reader(
                 self.broker,
@@ -87,7 +90,7 @@ class Worker:
                 mode=settings.priority_mode,
                 weights=settings.priority_weights,
                 block_ms=settings.read_block_ms,
-                check_cancelled=settings.track_status,
+                check_cancelled=gate,
                 hooks=self.hooks,
                 families=group,
                 acker=None if self.keys.cluster else self.acker,
@@ -103,13 +106,18 @@ class Worker:
             self.hooks,
             min_idle_seconds=settings.visibility_timeout_seconds,
             interval=settings.reclaim_interval_seconds,
-            check_cancelled=settings.track_status,
+            check_cancelled=gate,
         )
         self.leases = Leases(
             self.broker,
             settings.consumer,
             self.hooks,
             visibility_timeout=settings.visibility_timeout_seconds,
+        )
+        self.running_status = (
+            RunningStatus(self.leases, self.acker)
+            if settings.track_status and not self.keys.cluster
+            else None
         )
         self.janitor = Janitor(
             self.broker, settings.consumer, self.hooks, idle_seconds=settings.consumer_idle_seconds
@@ -170,6 +178,8 @@ class Worker:
             await services.start(self.watchdog.run)
             await services.start(self.promoter.run)
             await services.start(self.leases.run)
+            if self.running_status is not None:
+                await services.start(self.running_status.run)
             await services.start(self.janitor.run)
             if metrics_server is not None:
                 await services.start(metrics_server.run)

@@ -163,10 +163,7 @@ async def cancel_task(task_id: TaskId, state: State) -> Response[CancelResponse 
         return Response(
             CancelConflict(
                 status_code=409,
-                detail=(
-                    f"task {task_id} is {result.state}: only queued or scheduled tasks "
-                    "can be cancelled"
-                ),
+                detail=result.refusal,
                 task_id=task_id,
                 status=result.state,  # type: ignore[arg-type]
             ),
