@@ -592,18 +592,21 @@ class Broker:
         deferral) must never be seen by the promoter, or a cancel, with its earlier status."""
         family = self.families[delivery.family_index]
         member = pack_fields(next_fields)
+        atomic = not self.keys.cluster
+        keys = [family.stream, family.delayed]
+        args = [self.group, delivery.entry_id, due_ms, member]
 
         def build(pipe: Any) -> None:
-            self._evalsha(
-                pipe,
-                "retry",
-                [family.stream, family.delayed],
-                [self.group, delivery.entry_id, due_ms, member],
-            )
+            if atomic:
+                # The script's text, not its SHA: after NOSCRIPT inside MULTI the status
+                # write would have run without the parking, and a cancel could slip between.
+                pipe.execute_command("EVAL", self._source["retry"], len(keys), *keys, *args)
+            else:
+                self._evalsha(pipe, "retry", keys, args)
             if write is not None:
                 self.status.write(pipe, write[0], write[1], **write[2])
 
-        results = await self._run_pipeline(build, atomic=not self.keys.cluster)
+        results = await self._run_pipeline(build, atomic=atomic)
         return bool(results[0])
 
     async def dead_letter(
