@@ -161,6 +161,9 @@ async def test_replay_by_id_runs_again_and_completes(
     assert not {"dlq_reason", "dlq_error", "source_stream", "source_id", "consumer"} & set(fields)
     status = await dlq.status.read(redis, target.task_id or "")
     assert status is not None and status.status == "queued" and status.completed_at is None
+    # written by the replay script itself, naming the new entry for a cancel
+    row = await redis.hgetall(f"{settings.prefix}task:{target.task_id}")
+    assert row[b"stream"] == stream.encode() and row[b"entry_id"] == entry_id
 
     failing.fixed = True
     async with running_worker(settings, failing.registry):

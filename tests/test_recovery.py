@@ -248,6 +248,39 @@ async def test_cancelled_tasks_never_reach_a_worker(
     await producer.aclose()
 
 
+async def test_a_deferred_task_cancelled_while_parked_never_runs_again(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # A handler that defers parks its task as 'scheduled' (status and parking in one step);
+    # cancelled while parked, the promoter drops it.
+    from streamworker import Defer
+    from streamworker.cancel import CancelOutcome, TaskCanceller
+
+    keys = Keyspace(settings.prefix)
+    settings = settings.with_overrides(promote_interval_seconds=0.05)
+    runs: list[int] = []
+    registry = Registry()
+
+    @registry.handler("job")
+    async def job(payload: dict[str, Any], ctx: TaskContext) -> None:
+        runs.append(ctx.attempt)
+        raise Defer(0.5, "later")
+
+    producer = Producer.from_settings(settings)
+    task_id = await producer.publish("job", {})
+    canceller = TaskCanceller(redis, keys, settings.completed_ttl_seconds, group=settings.group)
+    family = keys.family("normal")
+    async with running_worker(settings, registry):
+        await wait_for(lambda: status_is(redis, settings, task_id, "scheduled"))
+        assert (await canceller.cancel(task_id)).outcome is CancelOutcome.CANCELLED
+        await wait_for(lambda: _zcard_is(redis, family.delayed, 0))
+        await wait_for(lambda: pending_is(redis, family.stream, settings.group, 0))
+    assert runs == [1]
+    assert await redis.xlen(family.stream) == 0
+    assert await status_is(redis, settings, task_id, "cancelled")
+    await producer.aclose()
+
+
 async def _zcard_is(redis: aioredis.Redis, key: str, n: int) -> bool:
     return int(await redis.zcard(key)) == n
 
