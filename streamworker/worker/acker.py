@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import anyio
 
 from ..broker import Broker, Settlement
-from ..wire import Delivery, format_time
+from ..wire import Delivery, Task, format_time
 from .retrying import until_done
 
 log = logging.getLogger("streamworker.worker")
@@ -112,6 +112,21 @@ class Acker:
             log.debug("status_write_dropped", extra={"task_id": task_id, "state": state})
             return
         self._put_nowait((-1, None, task_id, state, fields))
+
+    def note_running(self, task: Task, started_at: float) -> None:
+        """Queue ``running`` for ``task`` with every field its first status has (its hash
+        may not exist yet: a raw entry's), started at ``started_at`` (epoch seconds)."""
+        self.note_status(
+            task.task_id,
+            "running",
+            {
+                "task_type": task.task_type,
+                "priority": task.priority,
+                "created_at": task.created_at,
+                "started_at": format_time(started_at),
+                "retry_count": task.retry_count,
+            },
+        )
 
     async def run_in_order(self, op: Callable[[], Awaitable[T]], *, what: str) -> T:
         """Run ``op`` after every item queued before it has been written.

@@ -17,7 +17,7 @@ import anyio
 
 from ..broker import Broker
 from ..hooks import TaskHooks, WorkerEvent
-from ..wire import Delivery, format_time
+from ..wire import Delivery
 from .acker import Acker
 from .retrying import TRANSIENT
 
@@ -114,15 +114,5 @@ class RunningStatus:
             if task is None or since > horizon:
                 continue
             delivery.task = None
-            self._acker.note_status(
-                task.task_id,
-                "running",
-                {
-                    "task_type": task.task_type,
-                    "priority": task.priority,
-                    "created_at": task.created_at,
-                    "started_at": format_time(delivery.read_at),
-                    "retry_count": task.retry_count,
-                },
-            )
+            self._acker.note_running(task, delivery.read_at)
             self.written += 1

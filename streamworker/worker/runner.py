@@ -156,17 +156,7 @@ class Runner:
             # A raw entry's derived id gets its status here. Entries with a task_id are
             # marked running once they have run for a while (leases.RunningStatus; on a
             # cluster by the start gate, begin_batch.lua), and completed with started_at.
-            self._acker.note_status(
-                task.task_id,
-                "running",
-                {
-                    "task_type": task.task_type,
-                    "priority": task.priority,
-                    "created_at": task.created_at,
-                    "started_at": format_time(now),
-                    "retry_count": task.retry_count,
-                },
-            )
+            self._acker.note_running(task, now)
         tokens = None
         if self._has_hooks:
             enqueued_at = delivery.enqueued_at if self._uses_enqueued_at else math.nan
