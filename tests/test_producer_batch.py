@@ -88,11 +88,13 @@ async def test_a_known_id_republished_loses_its_old_expiry(
 ) -> None:
     producer = Producer.from_settings(settings, redis=redis)
     key = Keyspace(settings.prefix).status("fixed-id")
-    await redis.hset(key, mapping={"status": "completed"})
+    old_run = {"retry_count": "2", "started_at": "s", "completed_at": "c", "last_error": "e"}
+    await redis.hset(key, mapping={"status": "completed", **old_run})
     await redis.expire(key, 100)
     await producer.publish_many([TaskSpec(task_type="note", payload={}, task_id="fixed-id")])
     assert await redis.ttl(key) == -1
     assert await redis.hget(key, "status") == b"queued"
+    assert await redis.hmget(key, list(old_run)) == [None] * 4  # the old run's are gone
 
 
 async def test_status_off_writes_no_hash(settings: Settings, redis: aioredis.Redis) -> None:
@@ -248,8 +250,9 @@ async def test_the_first_status_holds_the_fields_the_contract_shows(
     settings: Settings, redis: aioredis.Redis, reorder: bool
 ) -> None:
     # On a single Redis the publish script writes the first status from the entry's own
-    # fields (by position as the producer builds them, else by name): the same row the
-    # cluster path writes from the publisher's copy, plus the entry's place.
+    # fields (by position as the producer builds them, else by name): the row the cluster
+    # path writes from the publisher's copy, without task_id and retry_count (the key names
+    # the task, absent is 0), plus the entry's place.
     producer = Producer(
         redis, keys=Keyspace(settings.prefix), hooks=[_Reorder()] if reorder else []
     )
@@ -269,11 +272,9 @@ async def test_the_first_status_holds_the_fields_the_contract_shows(
         stream, entry_id, fields = entries[task_id]
         expected = {
             "status": "queued",
-            "task_id": task_id,
             "task_type": "note",
             "priority": spec.priority,
             "created_at": fields[b"created_at"].decode(),
-            "retry_count": "0",
             # where its entry is, for a cancel to delete it while it is unread
             "stream": stream,
             "entry_id": entry_id.decode(),
@@ -282,3 +283,6 @@ async def test_the_first_status_holds_the_fields_the_contract_shows(
             expected["scheduled_for"] = past
         row = await redis.hgetall(keys.status(task_id))
         assert {k.decode(): v.decode() for k, v in row.items()} == expected
+        # no task_id (the key names it) and no retry_count (absent is 0): both still shown
+        status = await producer.status.read(redis, task_id)
+        assert status is not None and (status.task_id, status.retry_count) == (task_id, 0)
