@@ -42,12 +42,12 @@ end
 return #KEYS
 """
 # The common write, tasks that completed, without a row per task: the hash holds everything
-# else already (its first write set task_id, and a non-terminal state has no TTL to keep), so
-# only status and the times change. A batch's completions share one completed_at (the time
-# the batch was put together), and the tasks of one read share their started_at (the read's
-# time), so the keys come grouped by read. A hash that had no status (an entry that named its
-# own task_id without being published through us) is reported, for its other fields to be
-# written from its entry (``Broker.settle``).
+# else already (its first write set the task's fields, and a non-terminal state has no TTL
+# to keep), so only status and the times change. A batch's completions share one
+# completed_at (the time the batch was put together), and the tasks of one read share their
+# started_at (the read's time), so the keys come grouped by read. A hash that had no status
+# (an entry that named its own task_id without being published through us) is reported, for
+# its other fields to be written from its entry (``Broker.new_status_rows``).
 # KEYS: status hashes. ARGV[1]: ttl (s), ARGV[2]: completed_at, then per group of KEYS in
 # order: its number of keys, its started_at. Returns the (1-based) indices of new hashes.
 _COMPLETED_SCRIPT = """
