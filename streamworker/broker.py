@@ -227,8 +227,10 @@ class Broker:
         self._near_capacity_logged_at = -_NEAR_CAPACITY_EVERY
 
     @property
-    def replay_writes_status(self) -> bool:
-        """Whether ``replay.lua`` writes the replayed tasks' statuses (single Redis)."""
+    def scripts_write_status(self) -> bool:
+        """Whether the scripts that queue a task write its status too (``replay.lua``,
+        ``promote_due.lua``): on a single Redis with statuses tracked, where a script can
+        reach a task's status key from the entry it moves."""
         return self.status.enabled and not self.keys.cluster
 
     # -- set-up ---------------------------------------------------------------------------
@@ -682,7 +684,7 @@ class Broker:
         others. Sending the pipeline again after NOSCRIPT is safe: an entry already replayed
         answers 'gone'.
 
-        On a single Redis with statuses tracked (``replay_writes_status``), the script puts
+        On a single Redis with statuses tracked (``scripts_write_status``), the script puts
         each task's status back to ``queued`` too; on a cluster the caller does."""
         if not self._sha:
             await self.load_scripts()
@@ -691,7 +693,7 @@ class Broker:
             sent = [(f, i) for f, stream, i in items if stream == f.dead_letters]
             for family, entry_id in sent:
                 args = [entry_id]
-                if self.replay_writes_status:
+                if self.scripts_write_status:
                     args += (self.keys.status(""), family.priority)
                 self._evalsha(pipe, "replay", [family.dead_letters, family.stream], args)
             raw: list[Any] = await pipe.execute(raise_on_error=False) if sent else []
@@ -719,7 +721,7 @@ class Broker:
         waited are dropped instead, and a ``scheduled`` status becomes ``queued`` with its
         new entry's place (see ``promote_due.lua``)."""
         args: list[Any] = [now_ms, limit]
-        if self.status.enabled and not self.keys.cluster:
+        if self.scripts_write_status:
             args += (self.keys.status(""), self.keys.cancelled(""))
 
         def build(pipe: Any) -> None:

@@ -542,7 +542,7 @@ class DeadLetters:
     async def _mark_queued(self, requeued: Sequence[tuple[str, StreamFamily, DeadLetter]]) -> None:
         """Status back to ``queued`` for the replayed tasks (on a cluster: on a single Redis
         the replay script wrote it): one round trip per chunk."""
-        if not self.status.enabled or not requeued or self._broker.replay_writes_status:
+        if not self.status.enabled or not requeued or self._broker.scripts_write_status:
             return
         pipe = self.redis.pipeline(transaction=False)
         for task_id, _, _ in requeued:

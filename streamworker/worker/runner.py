@@ -153,17 +153,19 @@ class Runner:
             self._outbox,
         )
         if self._status and delivery.fields.get(b"task_id") is None:  # task_id_field, inline
-            # A raw entry's derived id gets its status here. Entries with a task_id are
-            # marked running once they have run for a while (leases.RunningStatus; on a
-            # cluster by the start gate, begin_batch.lua), and completed with started_at.
+            # A raw entry's derived id gets its status here, whole.
             self._acker.note_running(task, now)
+        else:
+            # Marked running once it has run for a while (leases.RunningStatus, which reads
+            # this until the runner clears it; on a cluster by the start gate instead), and
+            # completed with started_at.
+            delivery.task = task
         tokens = None
         if self._has_hooks:
             enqueued_at = delivery.enqueued_at if self._uses_enqueued_at else math.nan
             tokens = self._hooks.before(task, now, enqueued_at)
         started = time.perf_counter()
         error: BaseException | None = None
-        delivery.task = task
         lane.arm(timeout)
         try:
             await spec.fn(payload, ctx)
